@@ -1,0 +1,3 @@
+from npasr.cli import main
+
+raise SystemExit(main())
