@@ -1,0 +1,54 @@
+"""npasr: speech recognition inference in NumPy + Numba, from GGUF weights, without torch.
+
+    >>> import npasr
+    >>> model = npasr.load_model("whisper-tiny.en")
+    >>> model.transcribe("samples/jfk.flac").text
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from npasr.threads import get_num_threads, set_num_threads
+from npasr.types import (
+    AudioError,
+    ModelFileError,
+    ModelNotFoundError,
+    NpasrError,
+    Segment,
+    TranscriptionResult,
+    UnsafeCheckpointError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AudioError", "ModelFileError", "ModelNotFoundError", "NpasrError", "Segment",
+    "TranscriptionResult", "UnsafeCheckpointError", "get_num_threads", "load_model",
+    "set_num_threads", "transcribe",
+]  # fmt: skip
+
+
+def load_model(name_or_path: str | Path | None = None, *, threads: int | None = None) -> Any:
+    """Load a model by name (`npasr models list`) or from a .gguf path.
+
+    A named model is converted into the cache on first use from its installed weight package;
+    a CTranslate2 / OpenAI .pt / HF directory path is converted into the cache too.
+    """
+    from npasr import hub
+    from npasr.io.gguf import read_gguf
+    from npasr.models.whisper.asr import WhisperModel
+
+    if threads is not None:
+        set_num_threads(threads)
+    path = hub.resolve(str(name_or_path) if name_or_path is not None else hub.DEFAULT_MODEL)
+    f = read_gguf(path)
+    if f.architecture == "whisper":
+        return WhisperModel.from_gguf(f)
+    raise ModelFileError(f"{path}: architecture {f.architecture!r} is not supported yet")
+
+
+def transcribe(audio: Any, model: str | Path | None = None, **options: Any) -> TranscriptionResult:
+    """One-shot helper: load `model` (default: the bundled default) and transcribe `audio`."""
+    return load_model(model).transcribe(audio, **options)

@@ -1,0 +1,221 @@
+"""Whisper encoder-decoder in NumPy (float32 compute).
+
+Follows openai/whisper model.py (Radford et al. 2022, "Robust Speech Recognition via Large-Scale
+Weak Supervision"): attribute paths equal the openai `state_dict` keys, so `Weights.sub()` walks
+them directly. Shapes: T encoder frames (1500 per 30 s), D width, H heads, Dh = D // H,
+B decoding rows (beams), U tokens. One audio window is processed at a time.
+
+Run state (the self-attention KV cache, the per-window cross-attention K/V) lives in explicit
+objects passed to and returned from the decoder; the weights never change after `load`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from npasr.io.weights import Weights
+from npasr.models.whisper.config import WhisperConfig
+from npasr.nn import ref
+from npasr.nn.layers import Conv1d, LayerNorm, Linear
+from npasr.types import F32
+
+
+def _split_heads(x: F32, n_head: int) -> F32:  # (..., T, D) -> (..., H, T, Dh)
+    *lead, t, d = x.shape
+    return np.moveaxis(x.reshape(*lead, t, n_head, d // n_head), -2, -3)
+
+
+def _merge_heads(x: F32) -> F32:  # (..., H, T, Dh) -> (..., T, D)
+    x = np.moveaxis(x, -3, -2)
+    return np.ascontiguousarray(x).reshape(*x.shape[:-2], -1)
+
+
+@dataclass
+class MultiHeadAttention:
+    query: Linear
+    key: Linear  # openai whisper: the key projection has no bias
+    value: Linear
+    out: Linear
+    n_head: int
+
+    @classmethod
+    def load(cls, w: Weights, n_head: int) -> MultiHeadAttention:
+        return cls(Linear.load(w.sub("query")), Linear.load(w.sub("key"), bias=False),
+                   Linear.load(w.sub("value")), Linear.load(w.sub("out")), n_head)  # fmt: skip
+
+    def kv(self, x: F32) -> tuple[F32, F32]:
+        """Keys and values of x (..., T, D) split into heads: (..., H, T, Dh) each."""
+        return _split_heads(self.key(x), self.n_head), _split_heads(self.value(x), self.n_head)
+
+    def __call__(self, x: F32, k: F32, v: F32, mask: F32 | None = None) -> F32:
+        q = _split_heads(self.query(x), self.n_head)  # (..., H, Tq, Dh)
+        return self.out(_merge_heads(ref.attention(q, k, v, mask)))
+
+
+@dataclass
+class MLP:
+    fc1: Linear  # openai key "mlp.0"
+    fc2: Linear  # openai key "mlp.2"
+
+    @classmethod
+    def load(cls, w: Weights) -> MLP:
+        return cls(Linear.load(w.sub(0)), Linear.load(w.sub(2)))
+
+    def __call__(self, x: F32) -> F32:
+        return self.fc2(ref.gelu(self.fc1(x)))
+
+
+@dataclass
+class ResidualAttentionBlock:
+    attn: MultiHeadAttention
+    attn_ln: LayerNorm
+    cross_attn: MultiHeadAttention | None
+    cross_attn_ln: LayerNorm | None
+    mlp: MLP
+    mlp_ln: LayerNorm
+
+    @classmethod
+    def load(cls, w: Weights, n_head: int, cross: bool) -> ResidualAttentionBlock:
+        return cls(
+            MultiHeadAttention.load(w.sub("attn"), n_head),
+            LayerNorm.load(w.sub("attn_ln")),
+            MultiHeadAttention.load(w.sub("cross_attn"), n_head) if cross else None,
+            LayerNorm.load(w.sub("cross_attn_ln")) if cross else None,
+            MLP.load(w.sub("mlp")),
+            LayerNorm.load(w.sub("mlp_ln")),
+        )
+
+
+@dataclass
+class AudioEncoder:
+    conv1: Conv1d  # (D, n_mels, 3), padding 1
+    conv2: Conv1d  # (D, D, 3), stride 2, padding 1: 3000 mel frames -> 1500 positions
+    positional_embedding: F32  # (n_audio_ctx, D) sinusoids
+    blocks: list[ResidualAttentionBlock]
+    ln_post: LayerNorm
+
+    @classmethod
+    def load(cls, w: Weights, cfg: WhisperConfig) -> AudioEncoder:
+        d = cfg.n_audio_state
+        return cls(
+            Conv1d.load(w.sub("conv1"), stride=1, padding=1),
+            Conv1d.load(w.sub("conv2"), stride=2, padding=1),
+            w.f32("positional_embedding", (cfg.n_audio_ctx, d)),
+            [ResidualAttentionBlock.load(w.sub("blocks").sub(i), cfg.n_audio_head, cross=False)
+             for i in range(cfg.n_audio_layer)],  # fmt: skip
+            LayerNorm.load(w.sub("ln_post")),
+        )
+
+    def __call__(self, mel: F32) -> F32:
+        """mel (n_mels, 3000) -> audio features (n_audio_ctx, D)."""
+        x = ref.gelu(self.conv1(mel))
+        x = ref.gelu(self.conv2(x)).T  # (T, D)
+        if x.shape != self.positional_embedding.shape:
+            raise ValueError(f"encoder input gives {x.shape}, expected {self.positional_embedding.shape}")
+        x = x + self.positional_embedding
+        for blk in self.blocks:
+            h = blk.attn_ln(x)
+            k, v = blk.attn.kv(h)
+            x = x + blk.attn(h, k, v)
+            x = x + blk.mlp(blk.mlp_ln(x))
+        return self.ln_post(x)
+
+
+@dataclass
+class KVCache:
+    """Self-attention keys/values of the tokens decoded so far, one array pair per layer."""
+
+    k: list[F32]  # per layer (B, H, n_text_ctx, Dh)
+    v: list[F32]
+    length: int = 0  # positions filled
+
+    @classmethod
+    def empty(cls, cfg: WhisperConfig, n_batch: int) -> KVCache:
+        h, dh = cfg.n_text_head, cfg.n_text_state // cfg.n_text_head
+        shape = (n_batch, h, cfg.n_text_ctx, dh)
+        return cls([np.zeros(shape, np.float32) for _ in range(cfg.n_text_layer)],
+                   [np.zeros(shape, np.float32) for _ in range(cfg.n_text_layer)])  # fmt: skip
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Keep decoding rows `rows` (beam search): row i of the result is old row rows[i]."""
+        n = self.length
+        for arr in (*self.k, *self.v):
+            arr[:, :, :n] = arr[rows, :, :n]
+
+
+@dataclass
+class CrossKV:
+    """Cross-attention keys/values of one audio window, computed once per window."""
+
+    k: list[F32]  # per layer (H, T, Dh)
+    v: list[F32]
+
+
+@dataclass
+class TextDecoder:
+    token_embedding: F32  # (V, D); also the output projection (tied)
+    positional_embedding: F32  # (n_text_ctx, D) learned
+    blocks: list[ResidualAttentionBlock]
+    ln: LayerNorm
+
+    @classmethod
+    def load(cls, w: Weights, cfg: WhisperConfig) -> TextDecoder:
+        d = cfg.n_text_state
+        return cls(
+            w.f32("token_embedding.weight", (cfg.n_vocab, d)),
+            w.f32("positional_embedding", (cfg.n_text_ctx, d)),
+            [ResidualAttentionBlock.load(w.sub("blocks").sub(i), cfg.n_text_head, cross=True)
+             for i in range(cfg.n_text_layer)],  # fmt: skip
+            LayerNorm.load(w.sub("ln")),
+        )
+
+    def cross_kv(self, audio_features: F32) -> CrossKV:
+        pairs = [blk.cross_attn.kv(audio_features) for blk in self.blocks]  # type: ignore[union-attr]
+        return CrossKV([np.ascontiguousarray(k) for k, _ in pairs],
+                       [np.ascontiguousarray(v) for _, v in pairs])  # fmt: skip
+
+    def __call__(self, tokens: np.ndarray, cross: CrossKV, cache: KVCache) -> F32:
+        """tokens (B, U) new tokens after `cache.length` cached ones -> hidden (B, U, D).
+
+        The cache is extended in place by U positions.
+        """
+        n_batch, n_new = tokens.shape
+        start = cache.length
+        if start + n_new > self.positional_embedding.shape[0]:
+            raise ValueError(f"decoder context overflow: {start + n_new} > {self.positional_embedding.shape[0]}")
+        x = self.token_embedding[tokens] + self.positional_embedding[start : start + n_new]
+        end = start + n_new
+        mask = None
+        if n_new > 1:  # causal mask for the new positions over [0, end)
+            mask = np.triu(np.full((n_new, end), -np.inf, np.float32), k=start + 1)
+        for i, blk in enumerate(self.blocks):
+            h = blk.attn_ln(x)
+            k, v = blk.attn.kv(h)  # (B, H, U, Dh)
+            cache.k[i][:, :, start:end] = k
+            cache.v[i][:, :, start:end] = v
+            x = x + blk.attn(h, cache.k[i][:, :, :end], cache.v[i][:, :, :end], mask)
+            x = x + blk.cross_attn(blk.cross_attn_ln(x), cross.k[i], cross.v[i])  # type: ignore[misc]
+            x = x + blk.mlp(blk.mlp_ln(x))
+        cache.length = end
+        return self.ln(x)
+
+    def logits(self, hidden: F32) -> F32:
+        """hidden (..., D) -> logits (..., V)."""
+        return hidden @ self.token_embedding.T
+
+
+@dataclass
+class Whisper:
+    config: WhisperConfig
+    encoder: AudioEncoder
+    decoder: TextDecoder
+    alignment_heads: np.ndarray | None = None  # (n, 2) [layer, head] pairs, when the file has them
+
+    @classmethod
+    def load(cls, tensors: dict[str, np.ndarray], cfg: WhisperConfig, origin: str = "whisper") -> Whisper:
+        w = Weights(tensors, origin=origin)
+        model = cls(cfg, AudioEncoder.load(w.sub("encoder"), cfg), TextDecoder.load(w.sub("decoder"), cfg))
+        w.assert_all_used()
+        return model
