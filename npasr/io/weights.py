@@ -1,0 +1,138 @@
+"""Family-agnostic weight plumbing: rename tables, strict name/shape checks, a prefixed view.
+
+A rename table is a list of `(regex, template)` pairs applied in order, first match wins
+(whisper.cpp `*-arch.h`, one table per foreign naming scheme). A template is one of
+
+    "encoder.blocks.\\1.attn.query.weight"   plain rename (`re.Match.expand` syntax); when the
+                                             regex matches a prefix, the rest of the name is kept
+    "a.weight + b.weight + c.weight"         a fused tensor split into equal parts along axis 0;
+                                             a part written "0" must be all zeros and is dropped
+                                             (CTranslate2 pads the missing Whisper key bias)
+    "=decoder.token_embedding.weight"        a tied copy: must equal that tensor, then dropped
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from npasr.types import ModelFileError
+
+NameTable = list[tuple[str, str]]
+
+
+def apply_name_table(
+    tensors: Mapping[str, np.ndarray], table: NameTable, *, source: str
+) -> dict[str, np.ndarray]:
+    """Rename every tensor through `table`; any name no rule matches is an error."""
+    rules = [(re.compile(p), t) for p, t in table]
+    out: dict[str, np.ndarray] = {}
+    ties: list[tuple[str, str]] = []
+    unmatched = []
+    for name, a in tensors.items():
+        hit = next(((m, t) for rx, t in rules if (m := rx.match(name))), None)
+        if hit is None:
+            unmatched.append(name)
+            continue
+        m, template = hit
+        tail = name[m.end() :]  # a rule may match a prefix only: the rest is kept
+        if template.startswith("="):
+            ties.append((name, m.expand(template[1:]) + tail))
+            continue
+        targets = [m.expand(t.strip()) + tail for t in template.split(" + ")]
+        if a.shape[0] % len(targets):
+            raise ModelFileError(f"{source}: {name} {a.shape} does not split into {len(targets)}")
+        for target, part in zip(targets, np.split(a, len(targets)), strict=True):
+            if target == "0" + tail:
+                if np.any(part):
+                    raise ModelFileError(f"{source}: {name}: the part that must be zero is not")
+                continue
+            if target in out:
+                raise ModelFileError(f"{source}: two source tensors map to {target}")
+            out[target] = part
+    if unmatched:
+        raise ModelFileError(f"{source}: no rename rule for tensors: {', '.join(unmatched)}")
+    for name, target in ties:
+        if target not in out or not np.array_equal(tensors[name], out[target]):
+            raise ModelFileError(f"{source}: {name} should be tied to {target} but differs")
+    return out
+
+
+def check_names_and_shapes(
+    tensors: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], *, source: str
+) -> None:
+    """Strict load: every expected name present with its shape, nothing left over."""
+    missing = [k for k in expected if k not in tensors]
+    unused = [k for k in tensors if k not in expected]
+    wrong = [
+        f"{k}: expected {expected[k]}, got {tensors[k].shape}"
+        for k in expected
+        if k in tensors and tuple(tensors[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {', '.join(missing[:20])}")
+    if unused:
+        problems.append(f"unused {len(unused)}: {', '.join(unused[:20])}")
+    if wrong:
+        problems.append(f"wrong shape: {'; '.join(wrong[:20])}")
+    if problems:
+        raise ModelFileError(
+            f"{source}: tensors do not match the architecture: " + " | ".join(problems)
+        )
+
+
+class Weights:
+    """A prefixed, strict view of a tensor dict that records which names were read (candle vb.pp).
+
+    `w.sub("encoder").sub("conv1")["weight"]` reads `encoder.conv1.weight`; `assert_all_used()`
+    at the end of a model's `load()` fails on tensors nobody read (nanoGPT's key-count assert).
+    """
+
+    def __init__(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        prefix: str = "",
+        *,
+        origin: str = "weights",
+        _used: set[str] | None = None,
+    ) -> None:
+        self._tensors, self._prefix, self.origin = tensors, prefix, origin
+        self._used: set[str] = set() if _used is None else _used
+
+    def sub(self, name: str | int) -> Weights:
+        return Weights(
+            self._tensors, f"{self._prefix}{name}.", origin=self.origin, _used=self._used
+        )
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        key = self._prefix + name
+        if key not in self._tensors:
+            near = difflib.get_close_matches(key, list(self._tensors), n=3)
+            raise ModelFileError(f"{self.origin}: no tensor {key!r}; near misses: {near}")
+        self._used.add(key)
+        return self._tensors[key]
+
+    def f32(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The tensor as float32 (f16 storage is widened once, here), shape-checked if given."""
+        a = self[name]
+        if shape is not None and tuple(a.shape) != tuple(shape):
+            raise ModelFileError(
+                f"{self.origin}: {self._prefix + name} has shape {tuple(a.shape)}, expected {shape}"
+            )
+        return np.asarray(a, dtype=np.float32)
+
+    def has(self, name: str) -> bool:
+        return self._prefix + name in self._tensors
+
+    __contains__ = has
+
+    def assert_all_used(self) -> None:
+        unused = sorted(set(self._tensors) - self._used)
+        if unused:
+            raise ModelFileError(
+                f"{self.origin}: {len(unused)} tensors were never used: {', '.join(unused[:20])}"
+            )
