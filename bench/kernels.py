@@ -1,0 +1,200 @@
+"""Quantized linear kernels (npasr.nn.ops.linear on a QTensor) against NumPy f32 on the same shapes.
+
+Prints, per (model shape, type, rows): time, ratio to `x @ w.T` with f32 weights (lower is
+better), weight GB/s read, GFLOPS, and PASS/FAIL for the issue-3 targets. Both sides run with the
+same thread count (`--threads`, default 2) for Numba and BLAS; each time is the minimum over
+`--repeat` runs, NumPy and kernel interleaved so that load from other processes hits both.
+
+    python bench/kernels.py                 # full table, ~2 min on 2 cores
+    python bench/kernels.py --quick --json bench/out/kernels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from npasr import threads  # noqa: E402
+from npasr.io.gguf import GGMLType  # noqa: E402
+from npasr.nn import ops, quant  # noqa: E402
+
+# (model, N = Dout, K = Din): attention, MLP up, MLP down (+ Whisper's tied vocab projection)
+SHAPES = [
+    ("whisper-base", 512, 512),
+    ("whisper-base", 2048, 512),
+    ("whisper-base", 512, 2048),
+    ("whisper-base vocab", 51865, 512),
+    ("gigaam", 768, 768),
+    ("gigaam", 3072, 768),
+    ("gigaam", 768, 3072),
+    ("parakeet", 1024, 1024),
+    ("parakeet", 4096, 1024),
+    ("parakeet", 1024, 4096),
+    ("target", 4096, 4096),
+]
+TYPES = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K]
+# (qtype, M, N, K) -> max ratio vs numpy f32
+TARGETS = {
+    (GGMLType.Q8_0, 1, 4096, 4096): 0.5,
+    (GGMLType.Q4_0, 1, 4096, 4096): 0.35,
+    (GGMLType.Q4_K, 1, 4096, 4096): 0.35,
+    (GGMLType.Q8_0, 1500, 4096, 1024): 1.25,
+}
+
+
+def _pair_min(f_ref, f_q, repeat: int) -> tuple[float, float]:
+    f_ref(), f_q()  # warm caches and the lazy repack
+    best_r = best_q = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f_ref()
+        t1 = time.perf_counter()
+        f_q()
+        t2 = time.perf_counter()
+        best_r, best_q = min(best_r, t1 - t0), min(best_q, t2 - t1)
+    return best_r, best_q
+
+
+def _case(qtype: GGMLType, m: int, n: int, k: int, repeat: int, rng) -> dict:
+    w32 = (rng.standard_normal((n, k), dtype=np.float32) * 0.05).astype(np.float32)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = quant.quantize(w32, qtype)
+    wd = w.dequantize()  # numpy side multiplies the same values in f32
+    t0 = time.perf_counter()
+    w.repack()
+    repack_s = time.perf_counter() - t0
+    reps = repeat if m <= ops.GEMV_MAX_ROWS else max(3, repeat // 4)
+    t_np, t_q = _pair_min(lambda: x @ wd.T, lambda: ops.linear(x, w), reps)
+    target = TARGETS.get((qtype, m, n, k))
+    ratio = t_q / t_np
+    return {
+        "type": qtype.name,
+        "M": m,
+        "N": n,
+        "K": k,
+        "numpy_ms": t_np * 1e3,
+        "quant_ms": t_q * 1e3,
+        "ratio": ratio,
+        "quant_GBps": w.nbytes / t_q / 1e9,
+        "numpy_GBps": wd.nbytes / t_np / 1e9,
+        "quant_GFLOPS": 2 * m * n * k / t_q / 1e9,
+        "numpy_GFLOPS": 2 * m * n * k / t_np / 1e9,
+        "repack_ms": repack_s * 1e3,
+        "target": target,
+        "verdict": None if target is None else ("PASS" if ratio <= target else "FAIL"),
+    }
+
+
+_COLD = """
+import time, numpy as np
+t0 = time.perf_counter()
+from npasr.io.gguf import GGMLType
+from npasr.nn import ops, quant
+rng = np.random.default_rng(0)
+for t in (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K):
+    w = quant.quantize(rng.standard_normal((64, 256)).astype(np.float32), t)
+    ops.linear(rng.standard_normal((1, 256)).astype(np.float32), w)
+    ops.linear(rng.standard_normal((20, 256)).astype(np.float32), w)
+print(time.perf_counter() - t0)
+"""
+
+
+def cold_start() -> dict:
+    """Seconds to import + first call of every kernel: empty cache (compile) and warm cache."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(REPO))
+        for label in ("compile_s", "cached_s"):
+            run = subprocess.run(
+                [sys.executable, "-c", _COLD], env=env, capture_output=True, text=True, check=True
+            )
+            out[label] = float(run.stdout.strip().splitlines()[-1])
+    return out
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512bw") if f" {f}" in flags]
+    except OSError:
+        simd = []
+    import numba
+
+    return {
+        "cpu": cpu,
+        "simd": simd,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--quick", action="store_true", help="target shapes only")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    threads.set_num_threads(args.threads)
+    facts = machine()
+    facts["threads"] = args.threads
+    print(" | ".join(f"{k}={v}" for k, v in facts.items()))
+    cold = cold_start()
+    print(
+        f"cold start (import + first call of all kernels): compile {cold['compile_s']:.1f} s, "
+        f"from cache {cold['cached_s']:.1f} s"
+    )
+    rng = np.random.default_rng(0)
+    cases = [(t, m, n, k) for (t, m, n, k) in TARGETS]
+    if not args.quick:
+        for _, n, k in SHAPES:
+            cases += [(t, 1, n, k) for t in TYPES] + [(GGMLType.Q8_0, 4, n, k)]
+        cases += [(GGMLType.Q8_0, 1500, n, k) for _, n, k in SHAPES if n != 51865]
+        cases += [(t, 1500, 4096, 1024) for t in TYPES[1:]]
+    cases = list(dict.fromkeys(cases))
+    rows = []
+    hdr = (
+        f"{'type':5} {'M':>5} {'N':>6} {'K':>5} {'np ms':>8} {'q ms':>8} {'ratio':>6} "
+        f"{'q GB/s':>7} {'np GB/s':>7} {'q GF':>6} {'np GF':>6}  target"
+    )
+    print(hdr)
+    for qtype, m, n, k in cases:
+        r = _case(qtype, m, n, k, args.repeat, rng)
+        rows.append(r)
+        tgt = "" if r["target"] is None else f"<= {r['target']:.2f}x {r['verdict']}"
+        print(
+            f"{r['type']:5} {m:5d} {n:6d} {k:5d} {r['numpy_ms']:8.3f} {r['quant_ms']:8.3f} "
+            f"{r['ratio']:6.2f} {r['quant_GBps']:7.1f} {r['numpy_GBps']:7.1f} "
+            f"{r['quant_GFLOPS']:6.1f} {r['numpy_GFLOPS']:6.1f}  {tgt}",
+            flush=True,
+        )
+    facts["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"load average at end: {facts['loadavg_end']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": facts, "cold": cold, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
