@@ -1,8 +1,8 @@
 """npasr: speech recognition inference in NumPy + Numba, from GGUF weights, without torch.
 
-    >>> import npasr
-    >>> model = npasr.load_model("whisper-tiny.en")
-    >>> model.transcribe("samples/jfk.flac").text
+>>> import npasr
+>>> model = npasr.load_model("whisper-tiny.en")
+>>> model.transcribe("samples/jfk.flac").text
 """
 
 from __future__ import annotations
@@ -24,10 +24,18 @@ from npasr.types import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AudioError", "ModelFileError", "ModelNotFoundError", "NpasrError", "Segment",
-    "TranscriptionResult", "UnsafeCheckpointError", "get_num_threads", "load_model",
-    "set_num_threads", "transcribe",
-]  # fmt: skip
+    "AudioError",
+    "ModelFileError",
+    "ModelNotFoundError",
+    "NpasrError",
+    "Segment",
+    "TranscriptionResult",
+    "UnsafeCheckpointError",
+    "get_num_threads",
+    "load_model",
+    "set_num_threads",
+    "transcribe",
+]
 
 
 def load_model(name_or_path: str | Path | None = None, *, threads: int | None = None) -> Any:
@@ -46,6 +54,10 @@ def load_model(name_or_path: str | Path | None = None, *, threads: int | None = 
     f = read_gguf(path)
     if f.architecture == "whisper":
         return WhisperModel.from_gguf(f)
+    if f.architecture == "gigaam":
+        from npasr.models.gigaam.asr import GigaAMModel  # noqa: PLC0415
+
+        return GigaAMModel.from_gguf(f)
     raise ModelFileError(f"{path}: architecture {f.architecture!r} is not supported yet")
 
 

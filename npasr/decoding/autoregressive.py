@@ -34,8 +34,9 @@ class GreedyDecoder:
     def __init__(self, temperature: float, eot: int, rng: np.random.Generator) -> None:
         self.temperature, self.eot, self.rng = temperature, eot, rng
 
-    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray,
-               inference: Inference) -> tuple[np.ndarray, bool]:  # fmt: skip
+    def update(
+        self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray, inference: Inference
+    ) -> tuple[np.ndarray, bool]:
         if self.temperature == 0:
             nxt = logits.argmax(axis=-1)
         else:
@@ -51,7 +52,9 @@ class GreedyDecoder:
         tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
         return tokens, bool((tokens[:, -1] == self.eot).all())
 
-    def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[list[list[list[int]]], list[list[float]]]:
+    def finalize(
+        self, tokens: np.ndarray, sum_logprobs: np.ndarray
+    ) -> tuple[list[list[list[int]]], list[list[float]]]:
         """tokens (n_audio, n_group, L) -> candidate lists, each ending with eot."""
         cands = [[[*row.tolist(), self.eot] for row in group] for group in tokens]
         return cands, sum_logprobs.tolist()
@@ -69,8 +72,9 @@ class BeamSearchDecoder:
             raise ValueError(f"invalid beam size {beam_size} with patience {patience}")
         self.finished: list[dict[tuple[int, ...], float]] | None = None
 
-    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray,
-               inference: Inference) -> tuple[np.ndarray, bool]:  # fmt: skip
+    def update(
+        self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray, inference: Inference
+    ) -> tuple[np.ndarray, bool]:
         n_audio = tokens.shape[0] // self.beam_size
         if self.finished is None:
             self.finished = [{} for _ in range(n_audio)]
@@ -113,7 +117,9 @@ class BeamSearchDecoder:
         completed = all(len(f) >= self.max_candidates for f in self.finished)
         return np.asarray(next_tokens, dtype=tokens.dtype), completed
 
-    def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[list[list[list[int]]], list[list[float]]]:
+    def finalize(
+        self, tokens: np.ndarray, sum_logprobs: np.ndarray
+    ) -> tuple[list[list[list[int]]], list[list[float]]]:
         assert self.finished is not None
         for i, fin in enumerate(self.finished):
             if len(fin) < self.beam_size:  # too few finished: take the best unfinished beams
@@ -125,8 +131,9 @@ class BeamSearchDecoder:
         return cands, [list(fin.values()) for fin in self.finished]
 
 
-def rank_by_likelihood(cands: Sequence[Sequence[int]], sum_logprobs: Sequence[float],
-                       length_penalty: float | None) -> int:  # fmt: skip
+def rank_by_likelihood(
+    cands: Sequence[Sequence[int]], sum_logprobs: Sequence[float], length_penalty: float | None
+) -> int:
     """Index of the best candidate: sum logprob / length (or the Google NMT length penalty)."""
     scores = []
     for lp, seq in zip(sum_logprobs, cands, strict=True):
@@ -136,9 +143,15 @@ def rank_by_likelihood(cands: Sequence[Sequence[int]], sum_logprobs: Sequence[fl
     return int(np.argmax(scores))
 
 
-def generate(inference: Inference, tokens: np.ndarray, decoder: GreedyDecoder | BeamSearchDecoder,
-             filters: Sequence[LogitFilter], sample_len: int, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Run the step loop from `tokens` (B, L0); returns tokens (B, L) and their sum log-probs (B,)."""
+def generate(
+    inference: Inference,
+    tokens: np.ndarray,
+    decoder: GreedyDecoder | BeamSearchDecoder,
+    filters: Sequence[LogitFilter],
+    sample_len: int,
+    n_ctx: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the step loop from `tokens` (B, L0) -> tokens (B, L) and their sum log-probs (B,)."""
     sum_logprobs = np.zeros(tokens.shape[0], np.float32)  # float32 like openai-whisper
     for _ in range(sample_len):
         logits = inference.logits(tokens)

@@ -42,8 +42,14 @@ class ApplyTimestampRules:
     the first token is a timestamp <= max_initial_timestamp, and a timestamp is forced when the
     total timestamp probability beats every single text token."""
 
-    def __init__(self, eot: int, no_timestamps: int, timestamp_begin: int, sample_begin: int,
-                 max_initial_timestamp_index: int | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        eot: int,
+        no_timestamps: int,
+        timestamp_begin: int,
+        sample_begin: int,
+        max_initial_timestamp_index: int | None,
+    ) -> None:
         self.eot, self.no_timestamps, self.ts0 = eot, no_timestamps, timestamp_begin
         self.sample_begin = sample_begin
         self.max_initial_index = max_initial_timestamp_index

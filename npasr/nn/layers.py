@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from npasr.io.weights import Weights
 from npasr.nn import ref
 from npasr.types import F32
@@ -52,3 +54,62 @@ class Conv1d:
 
     def __call__(self, x: F32) -> F32:  # (Cin, T) -> (Cout, Tout)
         return ref.conv1d(x, self.weight, self.bias, self.stride, self.padding)
+
+
+@dataclass
+class BatchNorm1d:
+    """Inference BatchNorm over channels with running statistics; input (C, T)."""
+
+    weight: F32
+    bias: F32
+    running_mean: F32
+    running_var: F32
+    eps: float = 1e-5
+
+    @classmethod
+    def load(cls, w: Weights) -> BatchNorm1d:
+        if w.has("num_batches_tracked"):
+            w["num_batches_tracked"]  # a training counter: read so strict loading accepts it
+        return cls(w.f32("weight"), w.f32("bias"), w.f32("running_mean"), w.f32("running_var"))
+
+    def __call__(self, x: F32) -> F32:
+        return ref.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, self.eps
+        )
+
+
+@dataclass
+class LSTM:
+    """torch.nn.LSTM (batch 1, one step at a time); state is (h, c), each (n_layers, H)."""
+
+    w_ih: list[F32]  # per layer (4H, In)
+    w_hh: list[F32]  # per layer (4H, H)
+    b_ih: list[F32]  # per layer (4H,)
+    b_hh: list[F32]
+
+    @classmethod
+    def load(cls, w: Weights, n_layers: int) -> LSTM:
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        parts = [[w.f32(f"{n}_l{i}") for i in range(n_layers)] for n in names]
+        return cls(*parts)
+
+    @property
+    def hidden(self) -> int:
+        return self.w_hh[0].shape[1]
+
+    def zero_state(self) -> tuple[F32, F32]:
+        z = np.zeros((len(self.w_ih), self.hidden), np.float32)
+        return z, z.copy()
+
+    def step(self, x: F32, state: tuple[F32, F32]) -> tuple[F32, tuple[F32, F32]]:
+        """x (In,) -> output of the last layer (H,), new state."""
+        h0, c0 = state
+        hs, cs = [], []
+        for i in range(len(self.w_ih)):
+            h, c = ref.lstm_cell(
+                x, h0[i], c0[i], self.w_ih[i], self.w_hh[i], self.b_ih[i], self.b_hh[i]
+            )
+            hs.append(h)
+            cs.append(c)
+            x = h
+        return x, (np.stack(hs), np.stack(cs))

@@ -80,3 +80,85 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> F32
     inv = np.exp(-inc * np.arange(channels // 2))
     t = np.arange(length)[:, None] * inv[None, :]
     return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
+
+
+def sigmoid(x: F32) -> F32:
+    # written with exp(-|x|) so that neither branch overflows for large |x|
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def silu(x: F32) -> F32:
+    """x * sigmoid(x) (Swish), torch.nn.SiLU."""
+    return x * sigmoid(x)
+
+
+def glu(x: F32, axis: int = -1) -> F32:
+    """Gated linear unit, torch.nn.functional.glu: first half * sigmoid(second half) on `axis`."""
+    a, b = np.split(x, 2, axis=axis)
+    return a * sigmoid(b)
+
+
+def batch_norm(x: F32, mean: F32, var: F32, g: F32, b: F32, eps: float = 1e-5) -> F32:
+    """Inference BatchNorm1d over channels: x (C, T), per-channel running statistics (C,)."""
+    scale = (g / np.sqrt(var + eps)).astype(np.float32)
+    return x * scale[:, None] + (b - mean * scale)[:, None]
+
+
+def depthwise_conv1d(x: F32, w: F32, b: F32 | None, padding: int = 0) -> F32:
+    """Conv1d with groups = channels: x (C, T), w (C, 1, K) -> (C, T + 2 * padding - K + 1)."""
+    k = w.shape[-1]
+    xp = np.pad(x, ((0, 0), (padding, padding))) if padding else x
+    cols = np.lib.stride_tricks.sliding_window_view(xp, k, axis=1)  # (C, Tout, K)
+    y = np.einsum("ctk,ck->ct", cols, w[:, 0, :])
+    if b is not None:
+        y += b[:, None]
+    return y
+
+
+def conv2d(x: F32, w: F32, b: F32 | None, stride: int = 1, padding: int = 0) -> F32:
+    """2-D convolution, torch.nn.Conv2d layout: x (Cin, H, W), w (Cout, Cin, Kh, Kw) ->
+    (Cout, Hout, Wout); one GEMM over im2col patches (Hout * Wout, Cin * Kh * Kw)."""
+    c_in = x.shape[0]
+    c_out, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding))) if padding else x
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))
+    win = win[:, ::stride, ::stride]  # (Cin, Hout, Wout, Kh, Kw)
+    h_out, w_out = win.shape[1:3]
+    cols = win.transpose(1, 2, 0, 3, 4).reshape(h_out * w_out, c_in * kh * kw)
+    y = cols @ w.reshape(c_out, -1).T  # (Hout * Wout, Cout)
+    if b is not None:
+        y += b
+    return np.ascontiguousarray(y.T.reshape(c_out, h_out, w_out))
+
+
+def rope_tables(n_pos: int, dim: int, base: float) -> tuple[F32, F32]:
+    """cos, sin (n_pos, dim) for rotate-half RoPE: angle[t, i] = t / base**(2i/dim), halves
+    repeated ([f, f]). Computed in float32 like the torch references, so tables match exactly."""
+    inv_freq = 1.0 / (np.float32(base) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    ang = np.arange(n_pos, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]
+    ang = np.concatenate([ang, ang], axis=1)  # (n_pos, dim)
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+def rope(x: F32, cos: F32, sin: F32) -> F32:
+    """Rotate-half (GPT-NeoX) rotary embedding: x (..., T, dim) with cos/sin (T, dim).
+
+    Pairs are (x[i], x[i + dim/2]); x * cos + [-x2, x1] * sin.
+    """
+    half = x.shape[-1] // 2
+    rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rot * sin
+
+
+def lstm_cell(
+    x: F32, h: F32, c: F32, w_ih: F32, w_hh: F32, b_ih: F32, b_hh: F32
+) -> tuple[F32, F32]:
+    """One torch.nn.LSTM step: x (In,), h, c (H,), w_ih (4H, In), w_hh (4H, H), gates i, f, g, o.
+
+    Returns the new (h, c).
+    """
+    z = w_ih @ x + b_ih + w_hh @ h + b_hh  # (4H,)
+    i, f, g, o = np.split(z, 4)
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    return sigmoid(o) * np.tanh(c), c

@@ -63,7 +63,10 @@ def test_suppress_blank_only_at_first_step() -> None:
 
 def test_compression_ratio_flags_loops() -> None:
     assert rules.compression_ratio("the cat sat on the mat " * 20) > 2.4
-    assert rules.compression_ratio("And so my fellow Americans, ask not what your country can do.") < 2.4
+    assert (
+        rules.compression_ratio("And so my fellow Americans, ask not what your country can do.")
+        < 2.4
+    )
 
 
 def test_ranker_length_normalisation() -> None:
@@ -115,7 +118,11 @@ def test_rules_match_openai_whisper() -> None:
         n = int(rng.integers(0, 8))
         hist = []
         for _ in range(n):  # mix of text tokens and increasing timestamps
-            hist.append(int(rng.integers(0, 1000)) if rng.random() < 0.6 else ts0 + int(rng.integers(0, 200)))
+            hist.append(
+                int(rng.integers(0, 1000))
+                if rng.random() < 0.6
+                else ts0 + int(rng.integers(0, 200))
+            )
         tokens = np.array([[tok.sot, 50259, 50359, *hist]] * 2, np.int64)
         logits = rng.normal(0, 3, (2, 51865)).astype(np.float32)
         logits[:, ts0:] += rng.normal(-2 + trial % 5, 1)
@@ -160,4 +167,6 @@ def test_beam_search_matches_openai_whisper() -> None:
     ca, la = ours.finalize(tok_a.reshape(2, beam, -1), lp_a.reshape(2, beam))
     cb, lb = ref.finalize(tok_b.reshape(2, beam, -1), lp_b.reshape(2, beam))
     assert ca == [[t.tolist() for t in s] for s in cb]
-    np.testing.assert_allclose(np.array(la, dtype=object).astype(float), np.array(lb, dtype=object).astype(float))
+    np.testing.assert_allclose(
+        np.array(la, dtype=object).astype(float), np.array(lb, dtype=object).astype(float)
+    )

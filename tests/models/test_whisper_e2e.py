@@ -61,7 +61,9 @@ def _lang(m: WhisperModel) -> dict:
     return {"language": "en"} if m.is_multilingual else {}
 
 
-def our_first_steps(m: WhisperModel, sot_sequence: list[int], n: int) -> tuple[list[int], np.ndarray]:
+def our_first_steps(
+    m: WhisperModel, sot_sequence: list[int], n: int
+) -> tuple[list[int], np.ndarray]:
     audio = load_audio(JFK)
     mel = pad_or_trim(log_mel_whisper(audio, m.config.n_mels, padding=480000), 3000)
     cross = m.model.decoder.cross_kv(m.model.encoder(mel))
@@ -117,11 +119,13 @@ def test_long_file_matches_openai_golden(model_and_short) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from make_long_audio import build  # noqa: PLC0415
 
-    audio = build()
+    audio = load_audio(build(300.0)[0])  # int16 -> float32 as the golden script does
     r = m.transcribe(audio, temperature=0.0, **_lang(m))
     assert wer(normalize(gold["greedy"]["text"]), normalize(r.text)) <= 0.01
     rb = m.transcribe(audio, temperature=0.0, beam_size=5, **_lang(m))
-    assert wer(normalize(gold["greedy"]["text"]), normalize(rb.text)) <= 0.10  # beam runs and is sane
+    assert (
+        wer(normalize(gold["greedy"]["text"]), normalize(rb.text)) <= 0.10
+    )  # beam runs and is sane
 
 
 @pytest.mark.weights
@@ -136,8 +140,9 @@ def test_live_parity_with_openai_whisper(model_and_short, tmp_path) -> None:
     pt = tmp_path / "m.pt"
     whisper_pt_from_gguf(Path(m.name if Path(m.name).exists() else _path_of(m)), pt)
     ref = whisper.load_model(str(pt), device="cpu")
-    tok = whisper.tokenizer.get_tokenizer(ref.is_multilingual, num_languages=ref.num_languages,
-                                          language="en", task="transcribe")  # fmt: skip
+    tok = whisper.tokenizer.get_tokenizer(
+        ref.is_multilingual, num_languages=ref.num_languages, language="en", task="transcribe"
+    )
     audio = load_audio(JFK)
     mel = pad_or_trim(log_mel_whisper(audio, ref.dims.n_mels, padding=480000), 3000)
     with torch.no_grad():

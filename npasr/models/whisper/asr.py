@@ -42,8 +42,12 @@ class WhisperModel:
         tokens = f.get("tokenizer.ggml.tokens")
         if not isinstance(tokens, list) or len(tokens) != cfg.n_vocab:
             n = len(tokens) if isinstance(tokens, list) else 0
-            raise ModelFileError(f"{f.path}: tokenizer has {n} tokens but the model has n_vocab={cfg.n_vocab}")
-        tok = WhisperTokenizer(tokens, multilingual=cfg.is_multilingual, num_languages=cfg.num_languages)
+            raise ModelFileError(
+                f"{f.path}: tokenizer has {n} tokens but the model has n_vocab={cfg.n_vocab}"
+            )
+        tok = WhisperTokenizer(
+            tokens, multilingual=cfg.is_multilingual, num_languages=cfg.num_languages
+        )
         tensors = {k: v for k, v in f.tensors.items() if isinstance(v, np.ndarray)}
         if len(tensors) != len(f.tensors):
             raw = sorted(set(f.tensors) - set(tensors))
@@ -62,25 +66,43 @@ class WhisperModel:
 
         if not self.is_multilingual:
             return {"en": 1.0}
-        mel = pad_or_trim(log_mel_whisper(self._audio(audio), self.config.n_mels), _transcribe.N_FRAMES)
-        return detect_language(self.model, self.tokenizer, self.model.decoder.cross_kv(self.model.encoder(mel)))
+        mel = pad_or_trim(
+            log_mel_whisper(self._audio(audio), self.config.n_mels), _transcribe.N_FRAMES
+        )
+        return detect_language(
+            self.model, self.tokenizer, self.model.decoder.cross_kv(self.model.encoder(mel))
+        )
 
     @staticmethod
     def _audio(audio: Any) -> np.ndarray:
-        return audio if isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.ndim == 1 \
+        return (
+            audio
+            if isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.ndim == 1
             else load_audio(audio)
+        )
 
-    def transcribe(self, audio: Any, *, language: str | None = None, task: str = "transcribe",
-                   temperature: float | Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
-                   beam_size: int | None = None, best_of: int | None = None,
-                   patience: float | None = None, length_penalty: float | None = None,
-                   initial_prompt: str | None = None, condition_on_previous_text: bool = True,
-                   compression_ratio_threshold: float | None = 2.4,
-                   logprob_threshold: float | None = -1.0, no_speech_threshold: float | None = 0.6,
-                   suppress_tokens: str | list[int] | None = "-1", suppress_blank: bool = True,
-                   without_timestamps: bool = False, max_initial_timestamp: float | None = 1.0,
-                   progress_callback: Callable[[float, float], None] | None = None,
-                   ) -> TranscriptionResult:  # fmt: skip
+    def transcribe(
+        self,
+        audio: Any,
+        *,
+        language: str | None = None,
+        task: str = "transcribe",
+        temperature: float | Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        beam_size: int | None = None,
+        best_of: int | None = None,
+        patience: float | None = None,
+        length_penalty: float | None = None,
+        initial_prompt: str | None = None,
+        condition_on_previous_text: bool = True,
+        compression_ratio_threshold: float | None = 2.4,
+        logprob_threshold: float | None = -1.0,
+        no_speech_threshold: float | None = 0.6,
+        suppress_tokens: str | list[int] | None = "-1",
+        suppress_blank: bool = True,
+        without_timestamps: bool = False,
+        max_initial_timestamp: float | None = 1.0,
+        progress_callback: Callable[[float, float], None] | None = None,
+    ) -> TranscriptionResult:
         """Transcribe a path, bytes, '-' (stdin) or a 16 kHz float32 array.
 
         Option names and defaults are openai-whisper's `transcribe()`.
@@ -89,12 +111,24 @@ class WhisperModel:
             raise ValueError("beam_size must be >= 1")
         lang = language_code(language) if language else None
         return _transcribe.transcribe(
-            self.model, self.tokenizer, self._audio(audio), language=lang, task=task,
-            temperature=temperature, compression_ratio_threshold=compression_ratio_threshold,
-            logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold,
-            condition_on_previous_text=condition_on_previous_text, initial_prompt=initial_prompt,
-            beam_size=beam_size, best_of=best_of, patience=patience, length_penalty=length_penalty,
-            suppress_tokens=suppress_tokens, suppress_blank=suppress_blank,
-            without_timestamps=without_timestamps, max_initial_timestamp=max_initial_timestamp,
+            self.model,
+            self.tokenizer,
+            self._audio(audio),
+            language=lang,
+            task=task,
+            temperature=temperature,
+            compression_ratio_threshold=compression_ratio_threshold,
+            logprob_threshold=logprob_threshold,
+            no_speech_threshold=no_speech_threshold,
+            condition_on_previous_text=condition_on_previous_text,
+            initial_prompt=initial_prompt,
+            beam_size=beam_size,
+            best_of=best_of,
+            patience=patience,
+            length_penalty=length_penalty,
+            suppress_tokens=suppress_tokens,
+            suppress_blank=suppress_blank,
+            without_timestamps=without_timestamps,
+            max_initial_timestamp=max_initial_timestamp,
             progress_callback=progress_callback,
-        )  # fmt: skip
+        )

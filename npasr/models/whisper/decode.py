@@ -12,7 +12,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from npasr.decoding import whisper_rules as rules
-from npasr.decoding.autoregressive import BeamSearchDecoder, GreedyDecoder, generate, rank_by_likelihood
+from npasr.decoding.autoregressive import (
+    BeamSearchDecoder,
+    GreedyDecoder,
+    generate,
+    rank_by_likelihood,
+)
 from npasr.models.whisper.model import CrossKV, KVCache, Whisper
 from npasr.models.whisper.tokenizer import WhisperTokenizer
 from npasr.nn.ref import softmax
@@ -57,8 +62,9 @@ class WhisperInference:
     """The decoder's side of the autoregressive loop: feeds only the new tokens after the first
     call, keeps the KV cache, and records <|nospeech|> probability at the first step."""
 
-    def __init__(self, model: Whisper, cross: CrossKV, n_rows: int, sot_index: int,
-                 no_speech: int) -> None:  # fmt: skip
+    def __init__(
+        self, model: Whisper, cross: CrossKV, n_rows: int, sot_index: int, no_speech: int
+    ) -> None:
         self.model, self.cross, self.n_rows = model, cross, n_rows
         self.sot_index, self.no_speech_id = sot_index, no_speech
         self.cache: KVCache | None = None
@@ -81,7 +87,9 @@ class WhisperInference:
         self.cache.reorder(rows)
 
 
-def detect_language(model: Whisper, tokenizer: WhisperTokenizer, cross: CrossKV) -> dict[str, float]:
+def detect_language(
+    model: Whisper, tokenizer: WhisperTokenizer, cross: CrossKV
+) -> dict[str, float]:
     """Probability of each language token right after <|startoftranscript|>."""
     cache = KVCache.empty(model.config, 1)
     h = model.decoder(np.array([[tokenizer.sot]]), cross, cache)
@@ -98,25 +106,45 @@ def _suppress_ids(tokenizer: WhisperTokenizer, spec: str | list[int] | None) -> 
         ids = [t for t in ids if t >= 0] + list(tokenizer.non_speech_tokens)
     elif not ids:
         return []
-    ids += [tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev,
-            tokenizer.sot_lm, tokenizer.no_speech]  # fmt: skip
+    ids += [
+        tokenizer.transcribe,
+        tokenizer.translate,
+        tokenizer.sot,
+        tokenizer.sot_prev,
+        tokenizer.sot_lm,
+        tokenizer.no_speech,
+    ]
     return sorted(set(ids))
 
 
-def initial_tokens(tokenizer: WhisperTokenizer, opts: DecodingOptions, n_ctx: int, sample_len: int) -> list[int]:
-    tokens = list(tokenizer.sot_sequence_including_notimestamps if opts.without_timestamps
-                  else tokenizer.sot_sequence)  # fmt: skip
+def initial_tokens(
+    tokenizer: WhisperTokenizer, opts: DecodingOptions, n_ctx: int, sample_len: int
+) -> list[int]:
+    tokens = list(
+        tokenizer.sot_sequence_including_notimestamps
+        if opts.without_timestamps
+        else tokenizer.sot_sequence
+    )
     if opts.prefix:
-        pre = tokenizer.encode(" " + opts.prefix.strip()) if isinstance(opts.prefix, str) else opts.prefix
+        pre = (
+            tokenizer.encode(" " + opts.prefix.strip())
+            if isinstance(opts.prefix, str)
+            else opts.prefix
+        )
         tokens += pre[-(n_ctx // 2 - sample_len) :]
     if opts.prompt:
-        prm = tokenizer.encode(" " + opts.prompt.strip()) if isinstance(opts.prompt, str) else opts.prompt
+        prm = (
+            tokenizer.encode(" " + opts.prompt.strip())
+            if isinstance(opts.prompt, str)
+            else opts.prompt
+        )
         tokens = [tokenizer.sot_prev, *prm[-(n_ctx // 2 - 1) :], *tokens]
     return tokens
 
 
-def decode_window(model: Whisper, tokenizer: WhisperTokenizer, cross: CrossKV,
-                  opts: DecodingOptions) -> DecodingResult:  # fmt: skip
+def decode_window(
+    model: Whisper, tokenizer: WhisperTokenizer, cross: CrossKV, opts: DecodingOptions
+) -> DecodingResult:
     """Decode one window whose cross-attention K/V are `cross`, with `tokenizer` already set to
     the window's language and task."""
     cfg = model.config
@@ -138,17 +166,34 @@ def decode_window(model: Whisper, tokenizer: WhisperTokenizer, cross: CrossKV,
         filters.append(rules.SuppressTokens(_suppress_ids(tokenizer, opts.suppress_tokens)))
     if not opts.without_timestamps:
         precision = CHUNK_LENGTH / cfg.n_audio_ctx  # 0.02 s per timestamp step
-        max_idx = None if opts.max_initial_timestamp is None else round(opts.max_initial_timestamp / precision)
-        filters.append(rules.ApplyTimestampRules(tokenizer.eot, tokenizer.no_timestamps,
-                                                 tokenizer.timestamp_begin, sample_begin, max_idx))  # fmt: skip
+        max_idx = (
+            None
+            if opts.max_initial_timestamp is None
+            else round(opts.max_initial_timestamp / precision)
+        )
+        filters.append(
+            rules.ApplyTimestampRules(
+                tokenizer.eot,
+                tokenizer.no_timestamps,
+                tokenizer.timestamp_begin,
+                sample_begin,
+                max_idx,
+            )
+        )
     if opts.beam_size is not None:
-        decoder: GreedyDecoder | BeamSearchDecoder = BeamSearchDecoder(opts.beam_size, tokenizer.eot, opts.patience)
+        decoder: GreedyDecoder | BeamSearchDecoder = BeamSearchDecoder(
+            opts.beam_size, tokenizer.eot, opts.patience
+        )
     else:
         decoder = GreedyDecoder(opts.temperature, tokenizer.eot, np.random.default_rng(opts.seed))
-    inference = WhisperInference(model, cross, n_group, init.index(tokenizer.sot), tokenizer.no_speech)
+    inference = WhisperInference(
+        model, cross, n_group, init.index(tokenizer.sot), tokenizer.no_speech
+    )
     tokens = np.tile(np.asarray(init, np.int64), (n_group, 1))
     tokens, sum_logprobs = generate(inference, tokens, decoder, filters, sample_len, n_ctx)
-    cands, cand_logprobs = decoder.finalize(tokens.reshape(1, n_group, -1), sum_logprobs.reshape(1, n_group))
+    cands, cand_logprobs = decoder.finalize(
+        tokens.reshape(1, n_group, -1), sum_logprobs.reshape(1, n_group)
+    )
     texts = [seq[sample_begin : seq.index(tokenizer.eot, sample_begin)] for seq in cands[0]]
     best = rank_by_likelihood(texts, cand_logprobs[0], opts.length_penalty)
     out = texts[best]

@@ -42,8 +42,13 @@ class MultiHeadAttention:
 
     @classmethod
     def load(cls, w: Weights, n_head: int) -> MultiHeadAttention:
-        return cls(Linear.load(w.sub("query")), Linear.load(w.sub("key"), bias=False),
-                   Linear.load(w.sub("value")), Linear.load(w.sub("out")), n_head)  # fmt: skip
+        return cls(
+            Linear.load(w.sub("query")),
+            Linear.load(w.sub("key"), bias=False),
+            Linear.load(w.sub("value")),
+            Linear.load(w.sub("out")),
+            n_head,
+        )
 
     def kv(self, x: F32) -> tuple[F32, F32]:
         """Keys and values of x (..., T, D) split into heads: (..., H, T, Dh) each."""
@@ -103,8 +108,10 @@ class AudioEncoder:
             Conv1d.load(w.sub("conv1"), stride=1, padding=1),
             Conv1d.load(w.sub("conv2"), stride=2, padding=1),
             w.f32("positional_embedding", (cfg.n_audio_ctx, d)),
-            [ResidualAttentionBlock.load(w.sub("blocks").sub(i), cfg.n_audio_head, cross=False)
-             for i in range(cfg.n_audio_layer)],  # fmt: skip
+            [
+                ResidualAttentionBlock.load(w.sub("blocks").sub(i), cfg.n_audio_head, cross=False)
+                for i in range(cfg.n_audio_layer)
+            ],
             LayerNorm.load(w.sub("ln_post")),
         )
 
@@ -113,7 +120,9 @@ class AudioEncoder:
         x = ref.gelu(self.conv1(mel))
         x = ref.gelu(self.conv2(x)).T  # (T, D)
         if x.shape != self.positional_embedding.shape:
-            raise ValueError(f"encoder input gives {x.shape}, expected {self.positional_embedding.shape}")
+            raise ValueError(
+                f"encoder input gives {x.shape}, expected {self.positional_embedding.shape}"
+            )
         x = x + self.positional_embedding
         for blk in self.blocks:
             h = blk.attn_ln(x)
@@ -135,8 +144,10 @@ class KVCache:
     def empty(cls, cfg: WhisperConfig, n_batch: int) -> KVCache:
         h, dh = cfg.n_text_head, cfg.n_text_state // cfg.n_text_head
         shape = (n_batch, h, cfg.n_text_ctx, dh)
-        return cls([np.zeros(shape, np.float32) for _ in range(cfg.n_text_layer)],
-                   [np.zeros(shape, np.float32) for _ in range(cfg.n_text_layer)])  # fmt: skip
+        return cls(
+            [np.zeros(shape, np.float32) for _ in range(cfg.n_text_layer)],
+            [np.zeros(shape, np.float32) for _ in range(cfg.n_text_layer)],
+        )
 
     def reorder(self, rows: np.ndarray) -> None:
         """Keep decoding rows `rows` (beam search): row i of the result is old row rows[i]."""
@@ -166,15 +177,18 @@ class TextDecoder:
         return cls(
             w.f32("token_embedding.weight", (cfg.n_vocab, d)),
             w.f32("positional_embedding", (cfg.n_text_ctx, d)),
-            [ResidualAttentionBlock.load(w.sub("blocks").sub(i), cfg.n_text_head, cross=True)
-             for i in range(cfg.n_text_layer)],  # fmt: skip
+            [
+                ResidualAttentionBlock.load(w.sub("blocks").sub(i), cfg.n_text_head, cross=True)
+                for i in range(cfg.n_text_layer)
+            ],
             LayerNorm.load(w.sub("ln")),
         )
 
     def cross_kv(self, audio_features: F32) -> CrossKV:
         pairs = [blk.cross_attn.kv(audio_features) for blk in self.blocks]  # type: ignore[union-attr]
-        return CrossKV([np.ascontiguousarray(k) for k, _ in pairs],
-                       [np.ascontiguousarray(v) for _, v in pairs])  # fmt: skip
+        return CrossKV(
+            [np.ascontiguousarray(k) for k, _ in pairs], [np.ascontiguousarray(v) for _, v in pairs]
+        )
 
     def __call__(self, tokens: np.ndarray, cross: CrossKV, cache: KVCache) -> F32:
         """tokens (B, U) new tokens after `cache.length` cached ones -> hidden (B, U, D).
@@ -184,7 +198,9 @@ class TextDecoder:
         n_batch, n_new = tokens.shape
         start = cache.length
         if start + n_new > self.positional_embedding.shape[0]:
-            raise ValueError(f"decoder context overflow: {start + n_new} > {self.positional_embedding.shape[0]}")
+            raise ValueError(
+                f"decoder context overflow: {start + n_new} > {self.positional_embedding.shape[0]}"
+            )
         x = self.token_embedding[tokens] + self.positional_embedding[start : start + n_new]
         end = start + n_new
         mask = None
@@ -214,8 +230,12 @@ class Whisper:
     alignment_heads: np.ndarray | None = None  # (n, 2) [layer, head] pairs, when the file has them
 
     @classmethod
-    def load(cls, tensors: dict[str, np.ndarray], cfg: WhisperConfig, origin: str = "whisper") -> Whisper:
+    def load(
+        cls, tensors: dict[str, np.ndarray], cfg: WhisperConfig, origin: str = "whisper"
+    ) -> Whisper:
         w = Weights(tensors, origin=origin)
-        model = cls(cfg, AudioEncoder.load(w.sub("encoder"), cfg), TextDecoder.load(w.sub("decoder"), cfg))
+        model = cls(
+            cfg, AudioEncoder.load(w.sub("encoder"), cfg), TextDecoder.load(w.sub("decoder"), cfg)
+        )
         w.assert_all_used()
         return model

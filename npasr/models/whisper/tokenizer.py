@@ -19,7 +19,9 @@ from npasr.models.whisper.languages import LANGUAGES
 from npasr.types import ModelFileError
 
 # tiktoken's GPT-2 pattern with \p{L} -> [^\W\d_], \p{N} -> \d, "other" = not space/letter/digit
-_PRETOKENIZE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+")
+_PRETOKENIZE = re.compile(
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"
+)
 
 
 @functools.cache
@@ -59,8 +61,15 @@ def spell_bytes(data: bytes) -> str:
 class WhisperTokenizer:
     """Token ids and text for one (multilingual?, language, task) setting."""
 
-    def __init__(self, tokens: Sequence[str], *, multilingual: bool, num_languages: int,
-                 language: str | None = None, task: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        *,
+        multilingual: bool,
+        num_languages: int,
+        language: str | None = None,
+        task: str | None = None,
+    ) -> None:
         ids = {t: i for i, t in enumerate(tokens)}
         try:
             self.eot = ids["<|endoftext|>"]
@@ -76,7 +85,9 @@ class WhisperTokenizer:
             self.no_timestamps = ids["<|notimestamps|>"]
             self.timestamp_begin = ids["<|0.00|>"]
         except KeyError as e:
-            raise ModelFileError(f"tokenizer has no special token {e.args[0]}: not a Whisper vocabulary") from e
+            raise ModelFileError(
+                f"tokenizer has no special token {e.args[0]}: not a Whisper vocabulary"
+            ) from e
         codes = list(LANGUAGES)[:num_languages]
         # language tokens follow <|startoftranscript|> in LANGUAGES order (spellings vary: the
         # English-only HF vocabulary writes Hebrew as <|iw|>)
@@ -126,7 +137,8 @@ class WhisperTokenizer:
         the music symbols U+2640..U+267F the first token is taken even when it takes several.
         """
         symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
-        symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
+        symbols += ["<<", ">>", "<<<", ">>>", "--", "---", "-(", "-[", "('", '("', "((", "))"]
+        symbols += ["(((", ")))", "[[", "]]", "{{", "}}", "♪♪", "♪♪♪"]
         music = set("♩♪♫♬♭♮♯")
         result = {self.encode(" -")[0], self.encode(" '")[0]}
         for sym in symbols + sorted(music):
@@ -186,4 +198,8 @@ class WhisperTokenizer:
         return "".join(out)
 
     def token_text(self, i: int) -> str:
-        return self._bytes[i].decode("utf-8", errors="replace") if i < self.eot else self._specials[i - self.eot]
+        return (
+            self._bytes[i].decode("utf-8", errors="replace")
+            if i < self.eot
+            else self._specials[i - self.eot]
+        )

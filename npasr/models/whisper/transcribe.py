@@ -12,7 +12,12 @@ import numpy as np
 
 from npasr.audio.features import log_mel_whisper
 from npasr.audio.io import SAMPLE_RATE, pad_or_trim
-from npasr.models.whisper.decode import DecodingOptions, DecodingResult, decode_window, detect_language
+from npasr.models.whisper.decode import (
+    DecodingOptions,
+    DecodingResult,
+    decode_window,
+    detect_language,
+)
 from npasr.models.whisper.model import Whisper
 from npasr.models.whisper.tokenizer import WhisperTokenizer
 from npasr.types import Segment, TranscriptionResult
@@ -22,11 +27,17 @@ N_SAMPLES = 30 * SAMPLE_RATE  # 480000 samples per window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
 
 
-def _decode_with_fallback(model: Whisper, tokenizer: WhisperTokenizer, mel_window: np.ndarray,
-                          base: DecodingOptions, temperatures: Sequence[float],
-                          compression_ratio_threshold: float | None, logprob_threshold: float | None,
-                          no_speech_threshold: float | None, encoded: np.ndarray | None = None
-                          ) -> DecodingResult:  # fmt: skip
+def _decode_with_fallback(
+    model: Whisper,
+    tokenizer: WhisperTokenizer,
+    mel_window: np.ndarray,
+    base: DecodingOptions,
+    temperatures: Sequence[float],
+    compression_ratio_threshold: float | None,
+    logprob_threshold: float | None,
+    no_speech_threshold: float | None,
+    encoded: np.ndarray | None = None,
+) -> DecodingResult:
     feats = model.encoder(mel_window) if encoded is None else encoded
     cross = model.decoder.cross_kv(feats)
     result: DecodingResult | None = None
@@ -37,12 +48,19 @@ def _decode_with_fallback(model: Whisper, tokenizer: WhisperTokenizer, mel_windo
             opts = base.replace(temperature=t, best_of=None)
         result = decode_window(model, tokenizer, cross, opts)
         needs_fallback = False
-        if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
+        if (
+            compression_ratio_threshold is not None
+            and result.compression_ratio > compression_ratio_threshold
+        ):
             needs_fallback = True  # too repetitive
         if logprob_threshold is not None and result.avg_logprob < logprob_threshold:
             needs_fallback = True  # too unlikely
-        if (no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold
-                and logprob_threshold is not None and result.avg_logprob < logprob_threshold):
+        if (
+            no_speech_threshold is not None
+            and result.no_speech_prob > no_speech_threshold
+            and logprob_threshold is not None
+            and result.avg_logprob < logprob_threshold
+        ):
             needs_fallback = False  # silence: keep it, the caller skips the window
         if not needs_fallback:
             break
@@ -50,18 +68,29 @@ def _decode_with_fallback(model: Whisper, tokenizer: WhisperTokenizer, mel_windo
     return result
 
 
-def transcribe(model: Whisper, tokenizer: WhisperTokenizer, audio: np.ndarray, *,
-               language: str | None = None, task: str = "transcribe",
-               temperature: float | Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
-               compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
-               no_speech_threshold: float | None = 0.6, condition_on_previous_text: bool = True,
-               initial_prompt: str | None = None, beam_size: int | None = None,
-               best_of: int | None = None, patience: float | None = None,
-               length_penalty: float | None = None, suppress_tokens: str | list[int] | None = "-1",
-               suppress_blank: bool = True, without_timestamps: bool = False,
-               max_initial_timestamp: float | None = 1.0,
-               progress_callback: Callable[[float, float], None] | None = None,
-               ) -> TranscriptionResult:  # fmt: skip
+def transcribe(
+    model: Whisper,
+    tokenizer: WhisperTokenizer,
+    audio: np.ndarray,
+    *,
+    language: str | None = None,
+    task: str = "transcribe",
+    temperature: float | Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+    compression_ratio_threshold: float | None = 2.4,
+    logprob_threshold: float | None = -1.0,
+    no_speech_threshold: float | None = 0.6,
+    condition_on_previous_text: bool = True,
+    initial_prompt: str | None = None,
+    beam_size: int | None = None,
+    best_of: int | None = None,
+    patience: float | None = None,
+    length_penalty: float | None = None,
+    suppress_tokens: str | list[int] | None = "-1",
+    suppress_blank: bool = True,
+    without_timestamps: bool = False,
+    max_initial_timestamp: float | None = 1.0,
+    progress_callback: Callable[[float, float], None] | None = None,
+) -> TranscriptionResult:
     """Transcribe 16 kHz mono float32 audio of any length."""
     cfg = model.config
     if task not in ("transcribe", "translate"):
@@ -85,11 +114,18 @@ def transcribe(model: Whisper, tokenizer: WhisperTokenizer, audio: np.ndarray, *
             first_encoded = None  # the first window is zero-padded differently: re-encode it
     tok = tokenizer.with_options(language, task)
     temps = (temperature,) if isinstance(temperature, int | float) else tuple(temperature)
-    base = DecodingOptions(task=task, language=language, beam_size=beam_size, best_of=best_of,
-                           patience=patience, length_penalty=length_penalty,
-                           suppress_tokens=suppress_tokens, suppress_blank=suppress_blank,
-                           without_timestamps=without_timestamps,
-                           max_initial_timestamp=max_initial_timestamp)  # fmt: skip
+    base = DecodingOptions(
+        task=task,
+        language=language,
+        beam_size=beam_size,
+        best_of=best_of,
+        patience=patience,
+        length_penalty=length_penalty,
+        suppress_tokens=suppress_tokens,
+        suppress_blank=suppress_blank,
+        without_timestamps=without_timestamps,
+        max_initial_timestamp=max_initial_timestamp,
+    )
 
     input_stride = N_FRAMES // cfg.n_audio_ctx  # 2 mel frames per encoder position
     time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # 0.02 s per timestamp step
@@ -108,15 +144,28 @@ def transcribe(model: Whisper, tokenizer: WhisperTokenizer, audio: np.ndarray, *
         window = pad_or_trim(mel[:, seek : seek + segment_size], N_FRAMES)
         opts = base.replace(prompt=all_tokens[prompt_reset_since:])
         encoded = first_encoded if seek == 0 else None
-        result = _decode_with_fallback(model, tok, window, opts, temps, compression_ratio_threshold,
-                                       logprob_threshold, no_speech_threshold, encoded)  # fmt: skip
-        if no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold and not (
-            logprob_threshold is not None and result.avg_logprob > logprob_threshold
+        result = _decode_with_fallback(
+            model,
+            tok,
+            window,
+            opts,
+            temps,
+            compression_ratio_threshold,
+            logprob_threshold,
+            no_speech_threshold,
+            encoded,
+        )
+        if (
+            no_speech_threshold is not None
+            and result.no_speech_prob > no_speech_threshold
+            and not (logprob_threshold is not None and result.avg_logprob > logprob_threshold)
         ):
             seek += segment_size  # silence: skip the window
             _report(progress_callback, seek, content_frames, total_seconds)
             continue
-        new, seek = _split_segments(tok, result, seek, segment_size, time_offset, time_precision, input_stride)
+        new, seek = _split_segments(
+            tok, result, seek, segment_size, time_offset, time_precision, input_stride
+        )
         for s in new:
             if s.start == s.end or not s.text.strip():  # instantaneous or empty
                 s.text, s.tokens = "", []
@@ -130,14 +179,22 @@ def transcribe(model: Whisper, tokenizer: WhisperTokenizer, audio: np.ndarray, *
     return TranscriptionResult(text=text, segments=segments, language=language)
 
 
-def _report(cb: Callable[[float, float], None] | None, seek: int, frames: int, total: float) -> None:
+def _report(
+    cb: Callable[[float, float], None] | None, seek: int, frames: int, total: float
+) -> None:
     if cb is not None:
         cb(min(seek, frames) * HOP_LENGTH / SAMPLE_RATE, total)
 
 
-def _split_segments(tok: WhisperTokenizer, result: DecodingResult, seek: int, segment_size: int,
-                    time_offset: float, time_precision: float, input_stride: int
-                    ) -> tuple[list[Segment], int]:  # fmt: skip
+def _split_segments(
+    tok: WhisperTokenizer,
+    result: DecodingResult,
+    seek: int,
+    segment_size: int,
+    time_offset: float,
+    time_precision: float,
+    input_stride: int,
+) -> tuple[list[Segment], int]:
     """Cut a window's tokens at consecutive timestamp pairs; returns segments and the next seek."""
     tokens = result.tokens
     ts0 = tok.timestamp_begin
@@ -146,9 +203,18 @@ def _split_segments(tok: WhisperTokenizer, result: DecodingResult, seek: int, se
     cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
 
     def seg(start: float, end: float, toks: list[int]) -> Segment:
-        return Segment(id=0, seek=seek, start=start, end=end, text=tok.decode([t for t in toks if t < tok.eot]),
-                       tokens=list(toks), temperature=result.temperature, avg_logprob=result.avg_logprob,
-                       compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob)  # fmt: skip
+        return Segment(
+            id=0,
+            seek=seek,
+            start=start,
+            end=end,
+            text=tok.decode([t for t in toks if t < tok.eot]),
+            tokens=list(toks),
+            temperature=result.temperature,
+            avg_logprob=result.avg_logprob,
+            compression_ratio=result.compression_ratio,
+            no_speech_prob=result.no_speech_prob,
+        )
 
     out: list[Segment] = []
     if cuts:
@@ -157,8 +223,13 @@ def _split_segments(tok: WhisperTokenizer, result: DecodingResult, seek: int, se
         last = 0
         for cut in cuts:
             piece = tokens[last:cut]
-            out.append(seg(time_offset + (piece[0] - ts0) * time_precision,
-                           time_offset + (piece[-1] - ts0) * time_precision, piece))  # fmt: skip
+            out.append(
+                seg(
+                    time_offset + (piece[0] - ts0) * time_precision,
+                    time_offset + (piece[-1] - ts0) * time_precision,
+                    piece,
+                )
+            )
             last = cut
         if single_ending:
             seek += segment_size

@@ -1,0 +1,102 @@
+"""Public op API: one call per op, whatever the weight's storage.
+
+`linear(x, w, b)` takes `w` as a float array (BLAS) or a `QTensor` (fused Numba kernels over the
+repacked layout). Model code calls only this module, so quantization stays a property of the
+weight (STYLE R6): the same Whisper forward runs f32, f16-widened or any GGML type.
+
+Dispatch for a QTensor (M = number of activation rows):
+* M <= GEMV_MAX_ROWS (decoding): `quant_kernels.gemv_*_kernel`, reading the quantized weight once.
+* larger M (encoders): dequantize TILE_BYTES of weight rows at a time into a reused f32 buffer
+  and multiply with BLAS, which is compute bound there; the tile dequantize is the Numba kernel.
+* a type with no kernel layout (Q6_K): the same tile loop with the NumPy dequantize, announced
+  once per type with `warnings.warn`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from npasr.nn import quant_kernels as qk
+from npasr.nn.quant import Packed, QTensor
+from npasr.types import F32
+
+GEMV_MAX_ROWS = 8  # decoder batch (beams); above this the tile + BLAS path wins
+TILE_BYTES = 4 << 20  # f32 weight tile for the GEMM path: 4 MiB fits the 32 MiB L3 with room
+
+_warned: set[str] = set()  # qtype names whose fallback was announced
+_EMPTY = np.empty(0, np.float32)
+
+
+def _warn_fallback(w: QTensor) -> None:
+    if w.qtype.name not in _warned:
+        _warned.add(w.qtype.name)
+        warnings.warn(
+            f"no fused kernel for {w.qtype.name}; linear() falls back to dequantize + BLAS "
+            "(correct, slower)",
+            stacklevel=3,
+        )
+
+
+def _flat(a: np.ndarray | None) -> np.ndarray:
+    return _EMPTY if a is None else np.ascontiguousarray(a).reshape(-1)
+
+
+def _gemv(x: F32, p: Packed, n_out: int) -> F32:
+    """x (M, K) -> (M, N) with the fused kernel for the layout."""
+    m, k = x.shape
+    out = np.empty((m, n_out), np.float32)
+    xf = x.reshape(-1)
+    xsum = np.empty(m * (k // qk.QB), np.float32)
+    if p.offset is not None:
+        qk.block_sums_kernel(xsum, xf, m, k)
+    kernel = qk.gemv_i8_kernel if p.kind == "i8" else qk.gemv_u4_kernel
+    kernel(out, xf, xsum, _flat(p.qs), _flat(p.scale), _flat(p.offset), m, k)
+    return out
+
+
+def _gemm(x: F32, w: QTensor, p: Packed | None) -> F32:
+    """x (M, K) -> (M, N): weight tiles of TILE_BYTES dequantized into one buffer, then BLAS."""
+    k = x.shape[1]
+    n_out = w.blocks.shape[0]
+    tile = max(qk.ROW_CHUNK, min(n_out, TILE_BYTES // (4 * k)))
+    out = np.empty((x.shape[0], n_out), np.float32)
+    buf = np.empty(tile * k, np.float32)
+    if p is not None:
+        qs, scale, offset = _flat(p.qs), _flat(p.scale), _flat(p.offset)
+        kernel = qk.dequant_i8_kernel if p.kind == "i8" else qk.dequant_u4_kernel
+    for r0 in range(0, n_out, tile):
+        r1 = min(n_out, r0 + tile)
+        wt = buf[: (r1 - r0) * k]
+        if p is None:
+            wt[:] = w.dequantize_rows(r0, r1).reshape(-1)
+        else:
+            kernel(wt, qs, scale, offset, r0, k)
+        np.matmul(x, wt.reshape(r1 - r0, k).T, out=out[:, r0:r1])
+    return out
+
+
+def linear(x: F32, w: F32 | QTensor, b: F32 | None = None) -> F32:
+    """x (..., Din) @ w (Dout, Din)^T + b (Dout,) -> (..., Dout); torch.nn.Linear layout.
+
+    `w` may be a float array or a 2-D `QTensor`; the result equals `ref.linear(x,
+    w.dequantize(), b)` up to float32 summation order.
+    """
+    if not isinstance(w, QTensor):
+        y = x @ w.T
+    else:
+        if len(w.shape) != 2 or x.shape[-1] != w.shape[1]:
+            raise ValueError(f"linear: x {x.shape} does not match weight {w.shape} (Dout, Din)")
+        x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, w.shape[1])  # (M, K)
+        p = w.repack()
+        if p is None:
+            _warn_fallback(w)
+        if p is not None and x2.shape[0] <= GEMV_MAX_ROWS:
+            y = _gemv(x2, p, w.shape[0])
+        else:
+            y = _gemm(x2, w, p)
+        y = y.reshape(*x.shape[:-1], w.shape[0])
+    if b is not None:
+        y += b
+    return y

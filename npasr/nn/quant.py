@@ -1,0 +1,417 @@
+"""Quantized weights: `QTensor`, GGML block layouts, NumPy quantize/dequantize per type.
+
+The NumPy code here is the specification. `dequantize` is bit-exact with gguf-py
+(ggml-org/llama.cpp gguf-py/gguf/quants.py, `gguf` 0.19 on PyPI) for every type listed in
+`QUANT_TYPES`, and `quantize` is bit-exact with it for the types gguf-py can quantize (Q8_0, Q4_0,
+Q4_1, Q5_0, Q5_1). gguf-py has no k-quant quantizer; ours (`_quantize_k`) is a plain min/max fit,
+not llama.cpp's iterative search, so its blocks are valid but a little less accurate.
+
+Block layouts (bytes per block; little-endian; `d`, `m`, `dmin` are f16):
+
+    Q8_0  32 w   d | 32 x i8                                   w = d * q
+    Q4_0  32 w   d | 16 B, byte j = q[j] | q[j+16] << 4          w = d * (q - 8)
+    Q4_1  32 w   d | m | 16 B as Q4_0                            w = d * q + m
+    Q5_0  32 w   d | u32 qh (bit j = q[j] >> 4) | 16 B as Q4_0   w = d * (q - 16)
+    Q5_1  32 w   d | m | u32 qh | 16 B                           w = d * q + m
+    Q4_K 256 w   d | dmin | 12 B six-bit (sc, mn) x 8 | 128 B    w = (d*sc) * q - (dmin*mn)
+    Q5_K 256 w   d | dmin | 12 B | 32 B qh | 128 B               same, q has a 5th bit
+    Q6_K 256 w   128 B low nibbles | 64 B high pairs | 16 x i8 sc | d     w = (d*sc) * (q - 32)
+
+In the k-quants a 256-weight super-block holds 8 sub-blocks of 32 (16 of 16 for Q6_K); 128 bytes
+of nibbles hold 4 chunks of 64 weights, the low nibbles of chunk c being sub-block 2c and the
+high nibbles sub-block 2c+1.
+
+Shapes: a QTensor is (..., K) in NumPy order like the f32 array it stands for; K must be a
+multiple of the block size. Its `blocks` are uint8 (rows, K // block * bytes_per_block).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from npasr.io.gguf import GGML_BLOCK, QK_K, GGMLType, RawTensor
+from npasr.types import F32
+
+U8 = np.ndarray  # uint8 block bytes
+
+QUANT_TYPES = (
+    GGMLType.Q8_0,
+    GGMLType.Q4_0,
+    GGMLType.Q4_1,
+    GGMLType.Q5_0,
+    GGMLType.Q5_1,
+    GGMLType.Q4_K,
+    GGMLType.Q5_K,
+    GGMLType.Q6_K,
+)
+
+
+def _check_type(qtype: GGMLType, what: str) -> GGMLType:
+    qtype = GGMLType(qtype)
+    if qtype not in QUANT_TYPES:
+        raise NotImplementedError(f"{what} for {qtype.name} is not implemented")
+    return qtype
+
+
+def _f16(a: F32) -> U8:
+    """(n, 1) f32 -> (n, 2) bytes of the f16 value (round to nearest even, as ggml)."""
+    return a.astype(np.float16).view(np.uint8)
+
+
+def _from_f16(b: U8) -> F32:
+    """(n, 2) bytes -> (n, 1) f32."""
+    return np.ascontiguousarray(b).view(np.float16).astype(np.float32)
+
+
+def _inv(d: F32) -> F32:
+    """1 / d with 0 for d == 0 (an all-zero block quantizes to zeros)."""
+    with np.errstate(divide="ignore"):
+        return np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+
+
+def _round_half_away(v: F32) -> F32:
+    """roundf(): halves go away from zero, unlike np.round (ggml quantize_row_q8_0 uses roundf)."""
+    t = np.trunc(v)
+    return np.where(np.abs(v - t) >= np.float32(0.5), t + np.sign(v), t)
+
+
+def _pack_nibbles(q: U8) -> U8:
+    """(n, 32) values < 16 -> (n, 16) bytes: byte j = q[j] | q[j + 16] << 4."""
+    return (q[:, :16] & np.uint8(0x0F)) | (q[:, 16:] << np.uint8(4))
+
+
+def _unpack_nibbles(qs: U8) -> U8:
+    """(n, 16) bytes -> (n, 32) values, the inverse of `_pack_nibbles`."""
+    return np.concatenate([qs & np.uint8(0x0F), qs >> np.uint8(4)], axis=-1)
+
+
+def _signed_max(x: F32) -> F32:
+    """(n, 32) -> (n, 1): the element of largest magnitude, with its sign (first one on ties)."""
+    return np.take_along_axis(x, np.abs(x).argmax(axis=-1, keepdims=True), axis=-1)
+
+
+def _qh_pack(q: U8) -> U8:
+    """(n, 32) 5-bit values -> (n, 4) bytes of a little-endian u32 whose bit j is q[j] >> 4."""
+    return np.packbits(q >> np.uint8(4), axis=-1, bitorder="little")
+
+
+def _qh_unpack(qh: U8) -> U8:
+    """(n, 4) bytes -> (n, 32) values 0/16, the inverse of `_qh_pack`."""
+    return np.unpackbits(qh, axis=-1, bitorder="little") << np.uint8(4)
+
+
+# --- legacy 32-weight types: quantize (bit-exact with gguf-py) ----------------------------------
+
+
+def _quantize_q8_0(x: F32) -> U8:
+    d = np.abs(x).max(axis=-1, keepdims=True) / np.float32(127)
+    q = _round_half_away(x * _inv(d)).astype(np.int8)
+    return np.concatenate([_f16(d), q.view(np.uint8)], axis=-1)
+
+
+def _quantize_sym(x: F32, levels: int) -> tuple[F32, U8]:
+    """Q4_0/Q5_0: d = -max / (levels / 2), q = trunc(x / d + levels / 2 + 0.5) in [0, levels)."""
+    d = _signed_max(x) / np.float32(-(levels // 2))
+    v = np.trunc(x * _inv(d) + np.float32(levels // 2 + 0.5))
+    return d, v.astype(np.uint8).clip(0, levels - 1)
+
+
+def _quantize_affine(x: F32, levels: int) -> tuple[F32, F32, U8]:
+    """Q4_1/Q5_1: d = (max - min) / (levels - 1), q = trunc((x - min) / d + 0.5)."""
+    lo, hi = x.min(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True)
+    d = (hi - lo) / np.float32(levels - 1)
+    v = np.trunc((x - lo) * _inv(d) + np.float32(0.5))
+    return d, lo, v.astype(np.uint8).clip(0, levels - 1)
+
+
+def _quantize_q4_0(x: F32) -> U8:
+    d, q = _quantize_sym(x, 16)
+    return np.concatenate([_f16(d), _pack_nibbles(q)], axis=-1)
+
+
+def _quantize_q4_1(x: F32) -> U8:
+    d, lo, q = _quantize_affine(x, 16)
+    return np.concatenate([_f16(d), _f16(lo), _pack_nibbles(q)], axis=-1)
+
+
+def _quantize_q5_0(x: F32) -> U8:
+    d, q = _quantize_sym(x, 32)
+    return np.concatenate([_f16(d), _qh_pack(q), _pack_nibbles(q)], axis=-1)
+
+
+def _quantize_q5_1(x: F32) -> U8:
+    d, lo, q = _quantize_affine(x, 32)
+    return np.concatenate([_f16(d), _f16(lo), _qh_pack(q), _pack_nibbles(q)], axis=-1)
+
+
+# --- k-quants: quantize (own min/max fit; gguf-py has none to compare with) ---------------------
+
+
+def _six_bit(v: F32, vmax: F32) -> tuple[F32, U8]:
+    """Per-sub-block values (n, S) >= 0 -> super scale (n, 1) as stored in f16, codes 0..63."""
+    sup = _from_f16(_f16(vmax / np.float32(63)))
+    codes = np.clip(np.rint(v * _inv(sup)), 0, 63).astype(np.uint8)
+    return sup, codes
+
+
+def _pack_k_scales(sc: U8, mn: U8) -> U8:
+    """(n, 8) six-bit scales and mins -> the 12-byte Q4_K/Q5_K scale field."""
+    b = np.empty((sc.shape[0], 12), np.uint8)
+    b[:, 0:4] = sc[:, :4] | ((sc[:, 4:] >> 4) << 6)
+    b[:, 4:8] = mn[:, :4] | ((mn[:, 4:] >> 4) << 6)
+    b[:, 8:12] = (sc[:, 4:] & 0x0F) | ((mn[:, 4:] & 0x0F) << 4)
+    return b
+
+
+def _unpack_k_scales(b: U8) -> tuple[U8, U8]:
+    """12-byte field -> (n, 8) scales, (n, 8) mins (6 bits each)."""
+    lo_sc, lo_mn, hi = b[:, 0:4], b[:, 4:8], b[:, 8:12]
+    sc = np.concatenate([lo_sc & 0x3F, (hi & 0x0F) | ((lo_sc >> 6) << 4)], axis=-1)
+    mn = np.concatenate([lo_mn & 0x3F, (hi >> 4) | ((lo_mn >> 6) << 4)], axis=-1)
+    return sc, mn
+
+
+def _chunk_nibbles(q: U8) -> U8:
+    """(n, 256) values < 16 -> (n, 128): chunk c packs sub-block 2c low and 2c+1 high."""
+    q = q.reshape(-1, 4, 2, 32)
+    return (q[:, :, 0] | (q[:, :, 1] << np.uint8(4))).reshape(-1, 128)
+
+
+def _unchunk_nibbles(qs: U8) -> U8:
+    """(n, 128) -> (n, 8, 32) sub-block values, the inverse of `_chunk_nibbles`."""
+    qs = qs.reshape(-1, 4, 1, 32)
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32)
+
+
+def _quantize_k(x: F32, levels: int) -> U8:
+    """Q4_K (levels 16) / Q5_K (levels 32): per sub-block w = scale * q - offset."""
+    n = x.shape[0]
+    sub = x.reshape(n, 8, 32)
+    lo = np.minimum(sub.min(axis=-1), 0)  # (n, 8) ggml keeps the offset >= 0
+    hi = sub.max(axis=-1)
+    step = (hi - lo) / np.float32(levels - 1)
+    d, sc = _six_bit(step, step.max(axis=-1, keepdims=True))
+    dmin, mn = _six_bit(-lo, (-lo).max(axis=-1, keepdims=True))
+    scale = (d * sc.astype(np.float32))[..., None]  # (n, 8, 1) exactly as dequantize forms it
+    offset = (dmin * mn.astype(np.float32))[..., None]
+    q = np.clip(np.rint((sub + offset) * _inv(scale)), 0, levels - 1).astype(np.uint8)
+    q = q.reshape(n, QK_K)
+    parts = [_f16(d), _f16(dmin), _pack_k_scales(sc, mn)]
+    if levels == 32:  # bit k of qh[j] is the 5th bit of weight j of sub-block k
+        bits = (q.reshape(n, 8, 32) >> 4).astype(np.uint8)
+        parts.append((bits << np.arange(8, dtype=np.uint8)[:, None]).sum(axis=1, dtype=np.uint8))
+    parts.append(_chunk_nibbles(q & 0x0F))
+    return np.concatenate(parts, axis=-1)
+
+
+def _quantize_q6_k(x: F32) -> U8:
+    n = x.shape[0]
+    sub = x.reshape(n, 16, 16)
+    step = _signed_max(sub.reshape(n * 16, 16)).reshape(n, 16) / np.float32(-32)
+    big = np.abs(step).max(axis=-1, keepdims=True)
+    d = _from_f16(_f16(big / np.float32(127)))
+    sc = np.clip(np.rint(step * _inv(d)), -128, 127).astype(np.int8)
+    scale = (d * sc.astype(np.float32))[..., None]  # (n, 16, 1)
+    q = np.clip(np.rint(sub * _inv(scale)) + 32, 0, 63).astype(np.uint8).reshape(n, 2, 4, 32)
+    ql = (q[:, :, 0:2] & 0x0F) | ((q[:, :, 2:4] & 0x0F) << 4)  # (n, 2, 2, 32): 64 B per half
+    qh = (q >> 4) << (2 * np.arange(4, dtype=np.uint8)[:, None])
+    qh = qh.sum(axis=2, dtype=np.uint8)  # (n, 2, 32)
+    return np.concatenate(
+        [ql.reshape(n, 128), qh.reshape(n, 64), sc.view(np.uint8), _f16(d)], axis=-1
+    )
+
+
+# --- dequantize (bit-exact with gguf-py: same operations in the same order) ----------------------
+
+
+def _dq_sym(b: U8, zero: int) -> F32:
+    d = _from_f16(b[:, :2])
+    if zero == 8:
+        q = _unpack_nibbles(b[:, 2:])
+    else:
+        q = _unpack_nibbles(b[:, 6:]) | _qh_unpack(b[:, 2:6])
+    return d * (q.astype(np.int8) - np.int8(zero)).astype(np.float32)
+
+
+def _dq_affine(b: U8, five_bit: bool) -> F32:
+    d, m = _from_f16(b[:, :2]), _from_f16(b[:, 2:4])
+    q = _unpack_nibbles(b[:, 8:]) | _qh_unpack(b[:, 4:8]) if five_bit else _unpack_nibbles(b[:, 4:])
+    return d * q.astype(np.float32) + m
+
+
+def _k_scales(b: U8) -> tuple[F32, F32]:
+    """Q4_K/Q5_K block bytes -> per sub-block scale and offset, (n, 8, 1) each."""
+    d, dmin = _from_f16(b[:, 0:2]), _from_f16(b[:, 2:4])
+    sc, mn = _unpack_k_scales(b[:, 4:16])
+    return (d * sc.astype(np.float32))[..., None], (dmin * mn.astype(np.float32))[..., None]
+
+
+def _k_values(b: U8) -> U8:
+    """Q4_K/Q5_K block bytes -> (n, 8, 32) unsigned sub-block values."""
+    if b.shape[1] == GGML_BLOCK[GGMLType.Q4_K][1]:
+        return _unchunk_nibbles(b[:, 16:])
+    hi = (b[:, None, 16:48] >> np.arange(8, dtype=np.uint8)[:, None]) & 1  # (n, 8, 32)
+    return _unchunk_nibbles(b[:, 48:]) | (hi << 4)
+
+
+def _dq_k(b: U8) -> F32:
+    scale, offset = _k_scales(b)
+    return (scale * _k_values(b).astype(np.float32) - offset).reshape(-1, QK_K)
+
+
+def _q6_k_values(b: U8) -> U8:
+    """Q6_K block bytes -> (n, 256) values 0..63."""
+    ql = b[:, :128].reshape(-1, 2, 1, 64) >> np.array([0, 4], np.uint8)[:, None]
+    qh = b[:, 128:192].reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8)[:, None]
+    return ((ql & 0x0F).reshape(-1, 8, 32) | ((qh & 0x03).reshape(-1, 8, 32) << 4)).reshape(-1, 256)
+
+
+def _dq_q6_k(b: U8) -> F32:
+    scale = _from_f16(b[:, 208:210]) * b[:, 192:208].view(np.int8).astype(np.float32)  # (n, 16)
+    q = (_q6_k_values(b).astype(np.int8) - np.int8(32)).astype(np.float32).reshape(-1, 16, 16)
+    return (scale[..., None] * q).reshape(-1, QK_K)
+
+
+_QUANTIZE = {
+    GGMLType.Q8_0: _quantize_q8_0,
+    GGMLType.Q4_0: _quantize_q4_0,
+    GGMLType.Q4_1: _quantize_q4_1,
+    GGMLType.Q5_0: _quantize_q5_0,
+    GGMLType.Q5_1: _quantize_q5_1,
+    GGMLType.Q4_K: lambda x: _quantize_k(x, 16),
+    GGMLType.Q5_K: lambda x: _quantize_k(x, 32),
+    GGMLType.Q6_K: _quantize_q6_k,
+}
+_DEQUANTIZE = {
+    GGMLType.Q8_0: lambda b: _from_f16(b[:, :2]) * b[:, 2:].view(np.int8).astype(np.float32),
+    GGMLType.Q4_0: lambda b: _dq_sym(b, 8),
+    GGMLType.Q4_1: lambda b: _dq_affine(b, five_bit=False),
+    GGMLType.Q5_0: lambda b: _dq_sym(b, 16),
+    GGMLType.Q5_1: lambda b: _dq_affine(b, five_bit=True),
+    GGMLType.Q4_K: _dq_k,
+    GGMLType.Q5_K: _dq_k,
+    GGMLType.Q6_K: _dq_q6_k,
+}
+
+
+# --- repacked layouts for the kernels -----------------------------------------------------------
+
+
+class Packed(NamedTuple):
+    """Kernel layout: w[r, 32 b + j] = scale[r, b] * v - offset[r, b] for the j-th value v.
+
+    kind "i8": qs (R, K) int8 values. kind "u4": qs (R, K // 2) uint8, byte 16 b + j holding
+    values 32 b + j (low nibble) and 32 b + j + 16 (high nibble). scale, offset: (R, K // 32) f32;
+    offset is None where it is zero.
+    """
+
+    kind: str
+    qs: np.ndarray
+    scale: F32
+    offset: F32 | None
+
+
+def _repack(qtype: GGMLType, b: U8, rows: int) -> Packed | None:
+    """Block bytes (rows * blocks_per_row, bytes) -> Packed; None where no kernel takes the type."""
+
+    def per_row(a: np.ndarray) -> np.ndarray:  # (rows * blocks, ...) -> (rows, ...) contiguous
+        return np.ascontiguousarray(a).reshape(rows, -1)
+
+    d = _from_f16(b[:, :2])
+    if qtype == GGMLType.Q8_0:
+        return Packed("i8", per_row(b[:, 2:].view(np.int8)), per_row(d), None)
+    if qtype == GGMLType.Q4_0:  # 8 d is exact (a power-of-two multiple)
+        return Packed("u4", per_row(b[:, 2:]), per_row(d), per_row(d * np.float32(8)))
+    if qtype == GGMLType.Q4_1:
+        return Packed("u4", per_row(b[:, 4:]), per_row(d), per_row(-_from_f16(b[:, 2:4])))
+    if qtype == GGMLType.Q5_0:
+        v = _unpack_nibbles(b[:, 6:]) | _qh_unpack(b[:, 2:6])
+        return Packed("i8", per_row(v.astype(np.int8) - np.int8(16)), per_row(d), None)
+    if qtype == GGMLType.Q5_1:
+        v = _unpack_nibbles(b[:, 8:]) | _qh_unpack(b[:, 4:8])
+        return Packed("i8", per_row(v.view(np.int8)), per_row(d), per_row(-_from_f16(b[:, 2:4])))
+    if qtype in (GGMLType.Q4_K, GGMLType.Q5_K):
+        scale, offset = (per_row(a) for a in _k_scales(b))
+        v = _k_values(b).reshape(-1, 32)
+        if qtype == GGMLType.Q4_K:  # nibbles re-paired into the Q4_0 order the kernel reads
+            return Packed("u4", per_row(_pack_nibbles(v)), scale, offset)
+        return Packed("i8", per_row(v.view(np.int8)), scale, offset)
+    return None  # Q6_K: 16-weight scales; no kernel (ops falls back to dequantize + BLAS)
+
+
+# --- QTensor ------------------------------------------------------------------------------------
+
+
+@dataclass
+class QTensor:
+    """A quantized tensor: GGML blocks plus the logical shape (..., K) of the array it encodes."""
+
+    qtype: GGMLType
+    shape: tuple[int, ...]
+    blocks: U8  # (rows, row_bytes) uint8, often a zero-copy view into a GGUF memmap
+    _packed: list[Packed | None] = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.qtype = _check_type(self.qtype, "QTensor")
+        block, nbytes = GGML_BLOCK[self.qtype]
+        if not self.shape or self.shape[-1] % block:
+            raise ValueError(
+                f"{self.qtype.name} needs a last dimension that is a multiple of {block}, "
+                f"got shape {self.shape}"
+            )
+        rows = int(np.prod(self.shape[:-1], dtype=np.int64))
+        row_bytes = self.shape[-1] // block * nbytes
+        if self.blocks.dtype != np.uint8 or self.blocks.size != rows * row_bytes:
+            raise ValueError(
+                f"{self.qtype.name} {self.shape}: expected {rows * row_bytes} uint8 bytes, "
+                f"got {self.blocks.size} {self.blocks.dtype}"
+            )
+        self.blocks = self.blocks.reshape(rows, row_bytes)
+
+    @classmethod
+    def from_raw(cls, raw: RawTensor) -> QTensor:
+        return cls(raw.ggml_type, tuple(raw.shape), raw.data)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.blocks.nbytes)
+
+    def _block_bytes(self) -> U8:
+        return self.blocks.reshape(-1, GGML_BLOCK[self.qtype][1])
+
+    def dequantize(self) -> F32:
+        """The f32 array (shape `self.shape`), bit-exact with gguf.quants.dequantize."""
+        return _DEQUANTIZE[self.qtype](self._block_bytes()).reshape(self.shape)
+
+    def dequantize_rows(self, r0: int, r1: int) -> F32:
+        """Rows r0:r1 of the 2-D (rows, K) view, as f32 (r1 - r0, K)."""
+        blk = GGML_BLOCK[self.qtype][1]
+        part = self.blocks[r0:r1].reshape(-1, blk)
+        return _DEQUANTIZE[self.qtype](part).reshape(r1 - r0, self.shape[-1])
+
+    def repack(self) -> Packed | None:
+        """The kernel layout (`Packed`), built once and cached; None if no kernel takes the type."""
+        if not self._packed:
+            self._packed.append(_repack(self.qtype, self._block_bytes(), self.blocks.shape[0]))
+        return self._packed[0]
+
+
+def quantize(x: np.ndarray, qtype: GGMLType) -> QTensor:
+    """Quantize an array (..., K) to `qtype`; K must be a multiple of the block size."""
+    qtype = _check_type(qtype, "quantize")
+    block, _ = GGML_BLOCK[qtype]
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 0 or x.shape[-1] % block:
+        raise ValueError(
+            f"{qtype.name} needs a last dimension that is a multiple of {block}, got {x.shape}"
+        )
+    blocks = _QUANTIZE[qtype](np.ascontiguousarray(x).reshape(-1, block))
+    return QTensor(qtype, x.shape, blocks)
+
+
+def dequantize(w: QTensor) -> F32:
+    """Module-level `QTensor.dequantize`: the reference every kernel is tested against."""
+    return w.dequantize()

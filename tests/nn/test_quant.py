@@ -1,0 +1,122 @@
+"""npasr.nn.quant against gguf-py (gguf.quants, the oracle): bit-exact quantize and dequantize."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npasr.io.gguf import GGML_BLOCK, GGMLType, RawTensor
+from npasr.nn import quant
+from npasr.nn.quant import QTensor
+
+gq = pytest.importorskip("gguf.quants")
+from gguf.constants import GGMLQuantizationType  # noqa: E402
+
+LEGACY = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1]
+K_QUANTS = [GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K]
+
+
+def _oracle(qtype: GGMLType) -> GGMLQuantizationType:
+    return GGMLQuantizationType(int(qtype))
+
+
+def _edge_rows(k: int, seed: int = 0) -> np.ndarray:
+    """(10, k) f32: gaussian rows, an all-zero row, huge and tiny magnitudes, one-hot, ties."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((10, k)).astype(np.float32)
+    x[1] = 0.0
+    x[2] *= np.float32(1e4)  # near the top of f16 (65504): scales still finite
+    x[3] *= np.float32(1e-6)  # scales become f16 subnormals
+    x[4] = 0.0
+    x[4, 5] = -7.0  # one non-zero per row: the sign of the max matters (Q4_0/Q5_0)
+    x[5] = np.round(x[5] * 4) / 4  # many exact halves for the round-half-away rule
+    x[6] = np.abs(x[6])  # all positive: min > 0 (Q4_1/Q5_1, k-quant offsets clamp at 0)
+    x[7] = -np.abs(x[7])
+    x[8] = np.float32(1e-30)  # underflows f16 entirely
+    x[9] = np.linspace(-1, 1, k, dtype=np.float32)
+    return x
+
+
+@pytest.mark.parametrize("qtype", LEGACY, ids=lambda t: t.name)
+@pytest.mark.parametrize("k", [32, 256, 1024])
+def test_quantize_bit_exact(qtype: GGMLType, k: int) -> None:
+    x = _edge_rows(k)
+    ours = quant.quantize(x, qtype)
+    theirs = gq.quantize(x, _oracle(qtype))
+    np.testing.assert_array_equal(ours.blocks, theirs.reshape(ours.blocks.shape))
+
+
+@pytest.mark.parametrize("qtype", LEGACY + K_QUANTS, ids=lambda t: t.name)
+def test_dequantize_bit_exact_on_quantized(qtype: GGMLType) -> None:
+    w = quant.quantize(_edge_rows(512, seed=1), qtype)
+    ours = w.dequantize()
+    theirs = gq.dequantize(w.blocks, _oracle(qtype))
+    assert ours.dtype == np.float32 and ours.shape == (10, 512)
+    np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+
+
+@pytest.mark.parametrize("qtype", LEGACY + K_QUANTS, ids=lambda t: t.name)
+def test_dequantize_bit_exact_on_random_bytes(qtype: GGMLType) -> None:
+    """Any bit pattern in the value fields; f16 fields drawn finite (NaN payloads aside)."""
+    block, nbytes = GGML_BLOCK[qtype]
+    rng = np.random.default_rng(2)
+    n_blocks = 64
+    raw = rng.integers(0, 256, (n_blocks, nbytes), dtype=np.uint8)
+    f16_at = {GGMLType.Q6_K: [208]}.get(
+        qtype,
+        [0, 2] if qtype in (GGMLType.Q4_1, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.Q5_K) else [0],
+    )
+    for o in f16_at:
+        raw[:, o : o + 2] = rng.uniform(-2, 2, (n_blocks, 1)).astype(np.float16).view(np.uint8)
+    w = QTensor(qtype, (4, n_blocks * block // 4), raw.reshape(-1))
+    theirs = gq.dequantize(w.blocks, _oracle(qtype))
+    np.testing.assert_array_equal(w.dequantize().view(np.uint32), theirs.view(np.uint32))
+
+
+def test_q4_0_literal() -> None:
+    """Hand-checkable: x = -16..15 gives d = -16 / -8 = 2, q = trunc(x / 2 + 8.5) clipped to 15,
+    so even x come back exactly, odd x round up to x + 1, and 15 saturates to 14."""
+    x = np.arange(-16, 16, dtype=np.float32)[None]
+    y = quant.quantize(x, GGMLType.Q4_0).dequantize()[0]
+    want = np.where(x[0] % 2 == 0, x[0], x[0] + 1)
+    want[-1] = 14
+    np.testing.assert_array_equal(y, want)
+    assert quant.quantize(x, GGMLType.Q4_0).blocks[0, :2].view(np.float16)[0] == 2
+
+
+def test_q8_0_literal() -> None:
+    """A block whose largest magnitude is 127 has d = 127 / 127 = 1: its integers round-trip."""
+    x = np.array([[127, -127, *range(-15, 15)]], dtype=np.float32)
+    np.testing.assert_array_equal(quant.quantize(x, GGMLType.Q8_0).dequantize(), x)
+
+
+@pytest.mark.parametrize(
+    ("qtype", "max_rel_rms"), [(GGMLType.Q4_K, 0.12), (GGMLType.Q5_K, 0.06), (GGMLType.Q6_K, 0.03)]
+)
+def test_k_quant_round_trip_error(qtype: GGMLType, max_rel_rms: float) -> None:
+    """Our k-quant quantizer (no oracle exists) must stay within the step of its bit width:
+    uniform rounding error is step / sqrt(12), step ~ range / (2^bits - 1) of a sub-block."""
+    x = np.random.default_rng(3).standard_normal((64, 1024)).astype(np.float32)
+    err = quant.quantize(x, qtype).dequantize() - x
+    assert np.sqrt(np.mean(err**2)) / np.sqrt(np.mean(x**2)) < max_rel_rms
+
+
+def test_shape_errors() -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quant.quantize(np.zeros((4, 48), np.float32), GGMLType.Q8_0)
+    with pytest.raises(ValueError, match="multiple of 256"):
+        quant.quantize(np.zeros((4, 512 + 32), np.float32), GGMLType.Q4_K)
+    with pytest.raises(NotImplementedError, match="Q2_K"):
+        quant.quantize(np.zeros((1, 256), np.float32), GGMLType.Q2_K)
+    with pytest.raises(ValueError, match="bytes"):
+        QTensor(GGMLType.Q8_0, (2, 32), np.zeros(34, np.uint8))
+
+
+def test_from_raw_and_cached_repack() -> None:
+    x = np.random.default_rng(4).standard_normal((3, 64)).astype(np.float32)
+    blocks = quant.quantize(x, GGMLType.Q4_0).blocks.reshape(-1)
+    w = QTensor.from_raw(RawTensor(GGMLType.Q4_0, (3, 64), blocks))
+    assert w.shape == (3, 64) and w.nbytes == 3 * 2 * 18
+    np.testing.assert_array_equal(w.dequantize_rows(1, 3), w.dequantize()[1:3])
+    assert w.repack() is w.repack()
+    assert QTensor(GGMLType.Q6_K, (1, 256), np.zeros(210, np.uint8)).repack() is None
