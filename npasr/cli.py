@@ -11,6 +11,7 @@ Heavier modules (audio, convert, tqdm) are imported inside their handlers on pur
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -165,6 +166,9 @@ def _transcribe_one(model: Any, path: str, args: argparse.Namespace, opts: dict[
         if bar is not None:
             bar.update(round(min(done, total), 2) - bar.n)
 
+    # each family takes the whisper options it has (GigaAM: language only); drop the rest
+    accepted = inspect.signature(model.transcribe).parameters
+    opts = {k: v for k, v in opts.items() if k in accepted}
     try:
         result = model.transcribe(audio, progress_callback=progress, **opts)
     finally:

@@ -23,12 +23,16 @@ def convert(
     tokenizer: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Convert `src` (a path, or the directories of a split CT2 model) to GGUF at `out`."""
-    from npasr.models.whisper import weights as whisper  # noqa: PLC0415 (family modules on demand)
-
     paths = [Path(p) for p in src] if isinstance(src, list | tuple) else [Path(src)]
     for p in paths:
         if not p.exists():
             raise ModelFileError(f"{p}: no such file or directory")
+    if detect_family(paths[0]) == "gigaam":
+        from npasr.models.gigaam import weights as gigaam  # noqa: PLC0415
+
+        return gigaam.save_gguf(gigaam.load_source(paths[0], tokenizer), out, wtype)
+    from npasr.models.whisper import weights as whisper  # noqa: PLC0415 (family modules on demand)
+
     if detect_family(paths[0]) != "whisper":
         raise ModelFileError(
             f"{paths[0]}: cannot tell which model this is; npasr converts Whisper checkpoints "
@@ -41,7 +45,7 @@ def convert(
 
 
 def detect_family(path: Path) -> str | None:
-    """'whisper' when the source looks like a Whisper checkpoint, else None."""
+    """'whisper' or 'gigaam' when the source looks like one of their checkpoints, else None."""
     if path.is_dir():
         if any(path.glob("model.bin*")):  # CTranslate2: only WhisperSpec is convertible today
             return "whisper"
@@ -50,5 +54,9 @@ def detect_family(path: Path) -> str | None:
             return "whisper"  # HF: "model_type": "whisper"
         return None
     if path.is_file() and path.suffix in (".pt", ".pth", ".ckpt"):
+        from npasr.models.gigaam.weights import is_gigaam_checkpoint  # noqa: PLC0415
+
+        if is_gigaam_checkpoint(path):  # the cfg pickle names gigaam.* hydra targets
+            return "gigaam"
         return "whisper"  # the openai dims/model_state_dict layout is checked while loading
     return None

@@ -49,12 +49,12 @@ def test_missing_package_says_what_to_install(monkeypatch):
     assert row["available"] is False and row["installed"] is False and row["path"] is None
 
 
-def test_quantized_types_are_announced(tmp_path):
+def test_bad_type_and_unknown_source_are_refused(tmp_path):
     from npasr.convert import convert  # noqa: PLC0415
 
     (tmp_path / "model.bin").write_bytes(b"")
-    with pytest.raises(ModelFileError, match="quantization work"):
-        convert(tmp_path, tmp_path / "o.gguf", wtype="q8_0")
+    with pytest.raises(ModelFileError, match="unknown weight type"):
+        convert(tmp_path, tmp_path / "o.gguf", wtype="q3_z")
     with pytest.raises(ModelFileError, match="cannot tell"):
         convert(tmp_path / "model.bin", tmp_path / "o.gguf")
 

@@ -199,8 +199,17 @@ def feature_length(n_samples: int, cfg: MelConfig) -> int:
     return 1 + (n_samples - cfg.n_fft) // cfg.hop_length if n_samples >= cfg.n_fft else 0
 
 
-def log_mel(audio: np.ndarray, cfg: MelConfig) -> F32:
+def log_mel(
+    audio: np.ndarray,
+    cfg: MelConfig,
+    *,
+    window: np.ndarray | None = None,
+    filterbank: np.ndarray | None = None,
+) -> F32:
     """Log-mel features of a 16 kHz mono waveform, (n_mels, T) float32.
+
+    ``window`` (win_length,) and ``filterbank`` (n_mels, F) replace the ones ``cfg`` describes,
+    for checkpoints that store their own (GigaAM v3 keeps both rounded to bfloat16).
 
     T follows the reference of ``cfg``: N // hop (Whisper), 1 + (N - n_fft) // hop (GigaAM v3),
     1 + N // hop (NeMo, whose last frame lies beyond the N // hop valid frames and is zeroed, like
@@ -218,14 +227,18 @@ def log_mel(audio: np.ndarray, cfg: MelConfig) -> F32:
         return np.zeros((cfg.n_mels, 0), dtype=np.float32)
     if cfg.preemphasis is not None:
         x = np.concatenate([x[:1], x[1:] - cfg.preemphasis * x[:-1]])
-    window = _window(cfg.window, cfg.win_length, cfg.n_fft)
+    if window is None:
+        window = _window(cfg.window, cfg.win_length, cfg.n_fft)
     power = stft_power(
         x, cfg.n_fft, cfg.hop_length, window, center=cfg.center, pad_mode=cfg.pad_mode
     )  # (F, T)
     if cfg.drop_last_frame:
         power = power[:, :-1]  # (F, T - 1)
-    fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
-                        scale=cfg.mel_scale, norm=cfg.mel_norm)  # fmt: skip
+    fb = filterbank if filterbank is not None else mel_filterbank(
+        cfg.sample_rate, cfg.n_fft, cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
+        scale=cfg.mel_scale, norm=cfg.mel_norm)  # fmt: skip
+    if fb.shape != (cfg.n_mels, power.shape[0]):
+        raise ValueError(f"filterbank {fb.shape} does not fit ({cfg.n_mels}, {power.shape[0]})")
     mel = fb.astype(_FFT_DTYPE) @ power  # (M, T)
     if cfg.log == "log10_whisper":
         out = np.log10(np.maximum(mel, cfg.log_floor))

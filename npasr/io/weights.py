@@ -119,6 +119,10 @@ class Weights:
     def f32(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The tensor as float32 (f16 storage is widened once, here), shape-checked if given."""
         a = self[name]
+        if not isinstance(a, np.ndarray):  # a quantized tensor where a float one is needed
+            from npasr.nn.quant import QTensor
+
+            a = QTensor.from_raw(a).dequantize()
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise ModelFileError(
                 f"{self.origin}: {self._prefix + name} has shape {tuple(a.shape)}, expected {shape}"

@@ -9,22 +9,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import numpy as np
+
+from npasr.io.gguf import RawTensor
 from npasr.io.weights import Weights
-from npasr.nn import ref
+from npasr.nn import ops, ref
+from npasr.nn.quant import QTensor
 from npasr.types import F32
 
 
 @dataclass
 class Linear:
-    weight: F32  # (Dout, Din)
+    weight: F32 | QTensor  # (Dout, Din); quantized weights stay quantized (ops.linear dispatches)
     bias: F32 | None  # (Dout,)
 
     @classmethod
     def load(cls, w: Weights, bias: bool = True) -> Linear:
-        return cls(w.f32("weight"), w.f32("bias") if bias else None)
+        t = w["weight"]
+        if isinstance(t, RawTensor):
+            q = QTensor.from_raw(t)
+            q.repack()  # build the kernel layout now, not on the first decoding step
+            weight: F32 | QTensor = q
+        else:
+            weight = np.asarray(t, dtype=np.float32)
+        return cls(weight, w.f32("bias") if bias else None)
 
     def __call__(self, x: F32) -> F32:
-        return ref.linear(x, self.weight, self.bias)
+        return ops.linear(x, self.weight, self.bias)
 
 
 @dataclass

@@ -48,11 +48,7 @@ class WhisperModel:
         tok = WhisperTokenizer(
             tokens, multilingual=cfg.is_multilingual, num_languages=cfg.num_languages
         )
-        tensors = {k: v for k, v in f.tensors.items() if isinstance(v, np.ndarray)}
-        if len(tensors) != len(f.tensors):
-            raw = sorted(set(f.tensors) - set(tensors))
-            raise ModelFileError(f"{f.path}: tensor types not supported yet for {raw[:3]}")
-        model = Whisper.load(tensors, cfg, origin=str(f.path))
+        model = Whisper.load(f.tensors, cfg, origin=str(f.path))
         heads = f.get("whisper.alignment_heads")
         if heads:
             model.alignment_heads = np.asarray(heads, np.int32).reshape(-1, 2)

@@ -1,0 +1,1 @@
+"""GigaAM v2/v3 (salute-developers): Conformer encoder with CTC or RNN-T head, Russian ASR."""

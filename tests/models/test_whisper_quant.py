@@ -1,0 +1,61 @@
+"""Quantized Whisper files: same model code, weights stored as Q8_0 / Q4_0 / Q4_K.
+
+Q8_0 must not change the greedy transcript of jfk; the 4-bit types must keep the words.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npasr import hub
+from npasr.io.gguf import GGMLType, RawTensor, read_gguf
+from npasr.models.whisper.asr import WhisperModel
+from npasr.nn.quant import QTensor
+
+from ..conftest import JFK, JFK_TEXT
+from .test_whisper_e2e import normalize
+
+
+@pytest.fixture(scope="module")
+def tiny_f16(tiny_en_gguf) -> WhisperModel:
+    return WhisperModel.from_gguf(tiny_en_gguf)
+
+
+@pytest.mark.weights
+@pytest.mark.parametrize("wtype", ["q8_0", "q4_0", "q4_k"])
+def test_quantized_file_layout(tiny_en_gguf, wtype) -> None:
+    path = hub.resolve("whisper-tiny.en", wtype=wtype)
+    f, ref = read_gguf(path), read_gguf(tiny_en_gguf)
+    want = {
+        "q8_0": {GGMLType.Q8_0},
+        "q4_0": {GGMLType.Q4_0},
+        "q4_k": {GGMLType.Q4_K, GGMLType.Q4_0},
+    }
+    quantized = {k: t for k, t in f.tensors.items() if isinstance(t, RawTensor)}
+    # every attention/MLP matrix is quantized; embeddings, convs, norms, biases are not
+    expected = {k for k, t in ref.tensors.items() if t.ndim == 2 and ("attn" in k or ".mlp." in k)}
+    assert set(quantized) == expected
+    assert {t.ggml_type for t in quantized.values()} <= want[wtype]
+    assert f.file_size < ref.file_size
+    # and the stored blocks decode to the f16 weights within the type's quantization error
+    name = "decoder.blocks.0.mlp.0.weight"
+    w = np.asarray(ref.tensors[name], np.float32)
+    err = np.abs(QTensor.from_raw(quantized[name]).dequantize() - w).max() / np.abs(w).max()
+    assert err < (0.01 if wtype == "q8_0" else 0.15)
+
+
+@pytest.mark.weights
+def test_q8_0_greedy_transcript_equals_f16(tiny_f16) -> None:
+    q8 = WhisperModel.from_gguf(hub.resolve("whisper-tiny.en", wtype="q8_0"))
+    a = q8.transcribe(JFK, temperature=0.0)
+    b = tiny_f16.transcribe(JFK, temperature=0.0)
+    assert a.text == b.text
+    assert [s.tokens for s in a.segments] == [s.tokens for s in b.segments]
+
+
+@pytest.mark.weights
+@pytest.mark.parametrize("wtype", ["q4_0", "q4_k"])
+def test_4bit_keeps_the_words(wtype) -> None:
+    m = WhisperModel.from_gguf(hub.resolve("whisper-tiny.en", wtype=wtype))
+    assert normalize(m.transcribe(JFK, temperature=0.0).text) == normalize(JFK_TEXT)
