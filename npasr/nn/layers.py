@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import numpy as np
-
 from npasr.io.gguf import RawTensor
 from npasr.io.weights import Weights
 from npasr.nn import ops, ref
