@@ -16,13 +16,17 @@ import operator
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import cache
 
 import numba
 
 try:
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController, threadpool_limits
 except ImportError:  # optional: BLAS then falls back to the environment variables
+    ThreadpoolController = None  # noqa: N816
     threadpool_limits = None
 
 _BLAS_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -86,3 +90,21 @@ def get_num_threads() -> int:
     Numba may be running fewer (see `set_num_threads`); `numba.get_num_threads()` tells exactly.
     """
     return default_num_threads() if _state.num_threads is None else _state.num_threads
+
+
+@cache
+def _blas_controller() -> object | None:
+    return None if ThreadpoolController is None else ThreadpoolController().select(user_api="blas")
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """BLAS on one thread inside the block (Numba kernels keep their threads).
+
+    Autoregressive decoding multiplies one or a few rows at a time; there BLAS's hand-off to a
+    second thread costs more than the arithmetic, and stalls for milliseconds per call when the
+    machine is busy. Encoders (long GEMMs) run outside such a block with every thread.
+    """
+    ctl = _blas_controller()
+    with nullcontext() if ctl is None else ctl.limit(limits=1):  # type: ignore[attr-defined]
+        yield

@@ -18,8 +18,9 @@ from npasr.models.whisper.decode import (
     decode_window,
     detect_language,
 )
-from npasr.models.whisper.model import Whisper
+from npasr.models.whisper.model import CrossKV, Whisper
 from npasr.models.whisper.tokenizer import WhisperTokenizer
+from npasr.threads import single_threaded_blas
 from npasr.types import Segment, TranscriptionResult
 
 HOP_LENGTH = 160
@@ -40,6 +41,29 @@ def _decode_with_fallback(
 ) -> DecodingResult:
     feats = model.encoder(mel_window) if encoded is None else encoded
     cross = model.decoder.cross_kv(feats)
+    with single_threaded_blas():
+        return _fallback_loop(
+            model,
+            tokenizer,
+            cross,
+            base,
+            temperatures,
+            compression_ratio_threshold,
+            logprob_threshold,
+            no_speech_threshold,
+        )
+
+
+def _fallback_loop(
+    model: Whisper,
+    tokenizer: WhisperTokenizer,
+    cross: CrossKV,
+    base: DecodingOptions,
+    temperatures: Sequence[float],
+    compression_ratio_threshold: float | None,
+    logprob_threshold: float | None,
+    no_speech_threshold: float | None,
+) -> DecodingResult:
     result: DecodingResult | None = None
     for t in temperatures:
         if t > 0:  # sampling: beam search options do not apply

@@ -1,0 +1,85 @@
+"""The long-form loop's logic (segment splitting, seek, fallback) on hand-made decoder results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npasr.models.whisper import transcribe as tr
+from npasr.models.whisper.decode import DecodingOptions, DecodingResult
+
+
+class _Tok:
+    eot, timestamp_begin = 100, 200
+
+    def decode(self, ids):
+        return "".join(f" w{i}" for i in ids)
+
+
+TS = _Tok.timestamp_begin
+
+
+def _result(tokens, temperature=0.0):
+    return DecodingResult(language="en", tokens=tokens, text="", avg_logprob=-0.2,
+                          no_speech_prob=0.01, temperature=temperature, compression_ratio=1.0)  # fmt: skip
+
+
+def test_pairs_split_segments_and_seek_to_last_closing_timestamp() -> None:
+    # <|0.00|> a b <|1.00|><|1.00|> c <|2.50|> <|2.50|> d   (no closing timestamp: cut-off text)
+    toks = [TS, 1, 2, TS + 50, TS + 50, 3, TS + 125, TS + 125, 4]
+    segs, seek = tr._split_segments(_Tok(), _result(toks), 3000, 3000, 60.0, 0.02, 2)
+    assert [(s.start, s.end, s.text) for s in segs] == [(60.0, 61.0, " w1 w2"), (61.0, 62.5, " w3")]
+    assert seek == 3000 + 125 * 2  # resume at the last closing timestamp, in mel frames
+
+
+def test_single_timestamp_ending_consumes_the_window() -> None:
+    toks = [TS, 1, TS + 40, TS + 40, 2, TS + 90]
+    segs, seek = tr._split_segments(_Tok(), _result(toks), 0, 2500, 0.0, 0.02, 2)
+    assert [(s.start, s.end) for s in segs] == [(0.0, 0.8), (0.8, 1.8)]
+    assert seek == 2500
+
+
+def test_no_pairs_gives_one_segment_to_last_timestamp() -> None:
+    segs, seek = tr._split_segments(_Tok(), _result([TS, 5, 6, TS + 150]), 0, 3000, 0.0, 0.02, 2)
+    assert [(s.start, s.end, s.text) for s in segs] == [(0.0, 3.0, " w5 w6")]
+    assert seek == 3000
+    segs, _ = tr._split_segments(_Tok(), _result([5, 6]), 0, 1000, 0.0, 0.02, 2)
+    assert segs[0].end == pytest.approx(10.0)  # no timestamps: the whole (short) window
+
+
+def test_fallback_raises_temperature_until_thresholds_pass(monkeypatch) -> None:
+    seen = []
+
+    def fake_decode(model, tok, cross, opts):
+        seen.append((opts.temperature, opts.beam_size, opts.best_of))
+        bad = opts.temperature < 0.4
+        return DecodingResult(language="en", tokens=[1], text="x", avg_logprob=-2.0 if bad else -0.1,
+                              no_speech_prob=0.0, temperature=opts.temperature, compression_ratio=1.0)  # fmt: skip
+
+    monkeypatch.setattr(tr, "decode_window", fake_decode)
+    base = DecodingOptions(beam_size=5, best_of=3)
+    r = tr._fallback_loop(None, None, None, base, (0.0, 0.2, 0.4, 0.6), 2.4, -1.0, 0.6)
+    assert r.temperature == 0.4
+    # beam search only at t=0; best_of only when sampling (openai-whisper's rule)
+    assert seen == [(0.0, 5, None), (0.2, None, 3), (0.4, None, 3)]
+
+
+def test_silence_stops_fallback_when_no_speech_is_likely(monkeypatch) -> None:
+    def fake_decode(model, tok, cross, opts):
+        return DecodingResult(language="en", tokens=[], text="", avg_logprob=-3.0,
+                              no_speech_prob=0.9, temperature=opts.temperature, compression_ratio=0.5)  # fmt: skip
+
+    monkeypatch.setattr(tr, "decode_window", fake_decode)
+    r = tr._fallback_loop(None, None, None, DecodingOptions(), (0.0, 0.2, 0.4), 2.4, -1.0, 0.6)
+    assert r.temperature == 0.0
+
+
+@pytest.mark.weights
+def test_empty_silent_and_noise_audio(tiny_en_gguf) -> None:
+    from npasr.models.whisper.asr import WhisperModel
+
+    m = WhisperModel.from_gguf(tiny_en_gguf)
+    empty = m.transcribe(np.zeros(0, np.float32))
+    assert empty.text == "" and empty.segments == []
+    silent = m.transcribe(np.zeros(16000 * 3, np.float32), temperature=0.0)
+    assert silent.text.strip() == ""
