@@ -9,6 +9,8 @@ A rename table is a list of `(regex, template)` pairs applied in order, first ma
                                              a part written "0" must be all zeros and is dropped
                                              (CTranslate2 pads the missing Whisper key bias)
     "=decoder.token_embedding.weight"        a tied copy: must equal that tensor, then dropped
+
+`storage_for` is the one per-tensor storage rule every converter uses (f32, f16 or a GGML quant).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from npasr.io.gguf import GGML_BLOCK, GGMLType, RawTensor
 from npasr.types import ModelFileError
 
 NameTable = list[tuple[str, str]]
@@ -83,6 +86,57 @@ def check_names_and_shapes(
         raise ModelFileError(
             f"{source}: tensors do not match the architecture: " + " | ".join(problems)
         )
+
+
+# ------------------------------------------------------------------------ storage types (GGUF out)
+
+# GGML ftype recorded in general.file_type (llama.h llama_ftype: 0 ALL_F32, 1 MOSTLY_F16,
+# 7 MOSTLY_Q8_0, 2 MOSTLY_Q4_0, 15 MOSTLY_Q4_K_M-like: Q4_K matrices)
+FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2, "q4_k": 15}
+QUANT_WTYPES = {"q8_0": GGMLType.Q8_0, "q4_0": GGMLType.Q4_0, "q4_k": GGMLType.Q4_K}
+
+
+def check_wtype(wtype: str) -> None:
+    if wtype not in FILE_TYPES:
+        raise ModelFileError(f"unknown weight type {wtype!r}; choose one of {', '.join(FILE_TYPES)}")
+
+
+def storage_for(
+    name: str,
+    a: np.ndarray,
+    wtype: str,
+    keep_float: re.Pattern[str],
+    keep_f32: re.Pattern[str] | None = None,
+    q8_0: re.Pattern[str] | None = None,
+) -> np.ndarray | RawTensor:
+    """How tensor `name` is stored in a `wtype` file.
+
+    * f32: everything float32.
+    * f16: tensors with ndim >= 2 in float16; 1-D gains/biases, and names matching `keep_f32`
+      (added tables, mel buffers), stay float32.
+    * q8_0 / q4_0 / q4_k: a matrix (2-D, or a kernel-1 convolution (O, I, 1), which is the same
+      matrix) whose name does not match `keep_float` is quantized when its width is a multiple
+      of the block size. Q4_K super-blocks span 256 weights, so narrower widths use Q4_0. A
+      quantized kernel-1 convolution is stored as its (O, I) matrix. Names matching `q8_0`
+      (e.g. a tied embedding/output table, whose logits decide every token) are Q8_0 in every
+      quantized type. Everything else as in f16.
+    """
+    check_wtype(wtype)
+    qtype = QUANT_WTYPES.get(wtype)
+    matrix = a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 1)
+    if qtype is not None and matrix and not keep_float.search(name):
+        if q8_0 is not None and q8_0.search(name):
+            qtype = GGMLType.Q8_0
+        width = a.shape[1]
+        if qtype == GGMLType.Q4_K and width % GGML_BLOCK[qtype][0]:
+            qtype = GGMLType.Q4_0
+        if width % GGML_BLOCK[qtype][0] == 0:
+            from npasr.nn.quant import quantize  # noqa: PLC0415 (nn.quant imports io)
+
+            q = quantize(np.asarray(a[..., 0] if a.ndim == 3 else a, np.float32), qtype)
+            return RawTensor(qtype, q.shape, q.blocks.reshape(-1))
+    half = wtype != "f32" and a.ndim >= 2 and not (keep_f32 and keep_f32.search(name))
+    return np.ascontiguousarray(a, dtype=np.float16 if half else np.float32)
 
 
 class Weights:

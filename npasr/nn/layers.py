@@ -23,6 +23,8 @@ class Linear:
 
     @classmethod
     def load(cls, w: Weights, bias: bool = True) -> Linear:
+        """Also loads a kernel-1 Conv1d (Dout, Din, 1), which is the same matrix (quantized files
+        store such a weight as its (Dout, Din) matrix)."""
         t = w["weight"]
         if isinstance(t, RawTensor):
             q = QTensor.from_raw(t)
@@ -30,6 +32,8 @@ class Linear:
             weight: F32 | QTensor = q
         else:
             weight = np.asarray(t, dtype=np.float32)
+            if weight.ndim == 3 and weight.shape[-1] == 1:
+                weight = weight[:, :, 0]  # pointwise conv (Dout, Din, 1) -> (Dout, Din)
         return cls(weight, w.f32("bias") if bias else None)
 
     def __call__(self, x: F32) -> F32:

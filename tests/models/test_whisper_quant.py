@@ -33,10 +33,13 @@ def test_quantized_file_layout(tiny_en_gguf, wtype) -> None:
         "q4_k": {GGMLType.Q4_K, GGMLType.Q4_0},
     }
     quantized = {k: t for k, t in f.tensors.items() if isinstance(t, RawTensor)}
-    # every attention/MLP matrix is quantized; embeddings, convs, norms, biases are not
+    # every attention/MLP matrix is quantized, the token embedding is Q8_0; positional tables,
+    # convs, norms and biases are not
     expected = {k for k, t in ref.tensors.items() if t.ndim == 2 and ("attn" in k or ".mlp." in k)}
-    assert set(quantized) == expected
-    assert {t.ggml_type for t in quantized.values()} <= want[wtype]
+    emb = "decoder.token_embedding.weight"
+    assert set(quantized) == expected | {emb}
+    assert quantized[emb].ggml_type == GGMLType.Q8_0
+    assert {t.ggml_type for k, t in quantized.items() if k != emb} <= want[wtype]
     assert f.file_size < ref.file_size
     # and the stored blocks decode to the f16 weights within the type's quantization error
     name = "decoder.blocks.0.mlp.0.weight"
@@ -51,7 +54,13 @@ def test_q8_0_greedy_transcript_equals_f16(tiny_f16) -> None:
     a = q8.transcribe(JFK, temperature=0.0)
     b = tiny_f16.transcribe(JFK, temperature=0.0)
     assert a.text == b.text
-    assert [s.tokens for s in a.segments] == [s.tokens for s in b.segments]
+    # same text tokens; timestamp tokens may move by a step or few (the Q8_0 output projection
+    # shifts near-tied timestamp logits): segment times within the 0.5 s used against openai
+    assert [[t for t in s.tokens if t < 50257] for s in a.segments] == [
+        [t for t in s.tokens if t < 50257] for s in b.segments
+    ]
+    for sa, sb in zip(a.segments, b.segments, strict=True):
+        assert abs(sa.start - sb.start) <= 0.5 and abs(sa.end - sb.end) <= 0.5
 
 
 @pytest.mark.weights

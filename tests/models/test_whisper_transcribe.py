@@ -20,8 +20,15 @@ TS = _Tok.timestamp_begin
 
 
 def _result(tokens, temperature=0.0):
-    return DecodingResult(language="en", tokens=tokens, text="", avg_logprob=-0.2,
-                          no_speech_prob=0.01, temperature=temperature, compression_ratio=1.0)  # fmt: skip
+    return DecodingResult(
+        language="en",
+        tokens=tokens,
+        text="",
+        avg_logprob=-0.2,
+        no_speech_prob=0.01,
+        temperature=temperature,
+        compression_ratio=1.0,
+    )
 
 
 def test_pairs_split_segments_and_seek_to_last_closing_timestamp() -> None:
@@ -53,8 +60,15 @@ def test_fallback_raises_temperature_until_thresholds_pass(monkeypatch) -> None:
     def fake_decode(model, tok, cross, opts):
         seen.append((opts.temperature, opts.beam_size, opts.best_of))
         bad = opts.temperature < 0.4
-        return DecodingResult(language="en", tokens=[1], text="x", avg_logprob=-2.0 if bad else -0.1,
-                              no_speech_prob=0.0, temperature=opts.temperature, compression_ratio=1.0)  # fmt: skip
+        return DecodingResult(
+            language="en",
+            tokens=[1],
+            text="x",
+            avg_logprob=-2.0 if bad else -0.1,
+            no_speech_prob=0.0,
+            temperature=opts.temperature,
+            compression_ratio=1.0,
+        )
 
     monkeypatch.setattr(tr, "decode_window", fake_decode)
     base = DecodingOptions(beam_size=5, best_of=3)
@@ -66,8 +80,15 @@ def test_fallback_raises_temperature_until_thresholds_pass(monkeypatch) -> None:
 
 def test_silence_stops_fallback_when_no_speech_is_likely(monkeypatch) -> None:
     def fake_decode(model, tok, cross, opts):
-        return DecodingResult(language="en", tokens=[], text="", avg_logprob=-3.0,
-                              no_speech_prob=0.9, temperature=opts.temperature, compression_ratio=0.5)  # fmt: skip
+        return DecodingResult(
+            language="en",
+            tokens=[],
+            text="",
+            avg_logprob=-3.0,
+            no_speech_prob=0.9,
+            temperature=opts.temperature,
+            compression_ratio=0.5,
+        )
 
     monkeypatch.setattr(tr, "decode_window", fake_decode)
     r = tr._fallback_loop(None, None, None, DecodingOptions(), (0.0, 0.2, 0.4), 2.4, -1.0, 0.6)

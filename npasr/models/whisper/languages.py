@@ -30,7 +30,8 @@ LANGUAGES: dict[str, str] = {
 # a few common names people type instead of the code
 LANGUAGE_ALIASES: dict[str, str] = {name: code for code, name in LANGUAGES.items()} | {
     "burmese": "my", "valencian": "ca", "flemish": "nl", "haitian": "ht", "letzeburgesch": "lb",
-    "pushto": "ps", "panjabi": "pa", "moldavian": "ro", "moldovan": "ro", "sinhalese": "si",
+    "pushto": "ps", "panjabi": "pa", "moldavian": "ro", "moldovan": "ro",
+    "sinhalese": "si",
     "castilian": "es", "mandarin": "zh",
 }  # fmt: skip
 
@@ -42,4 +43,5 @@ def language_code(name_or_code: str) -> str:
         return key
     if key in LANGUAGE_ALIASES:
         return LANGUAGE_ALIASES[key]
-    raise ValueError(f"unknown language {name_or_code!r}; use a code such as: {', '.join(LANGUAGES)}")
+    codes = ", ".join(LANGUAGES)
+    raise ValueError(f"unknown language {name_or_code!r}; use a code such as: {codes}")

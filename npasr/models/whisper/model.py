@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npasr.io.gguf import RawTensor
 from npasr.io.weights import Weights
 from npasr.models.whisper.config import WhisperConfig
-from npasr.nn import ref
+from npasr.nn import ops, ref
 from npasr.nn.layers import Conv1d, LayerNorm, Linear
-from npasr.types import F32
+from npasr.nn.quant import QTensor
+from npasr.types import F32, ModelFileError
 
 
 def _split_heads(x: F32, n_head: int) -> F32:  # (..., T, D) -> (..., H, T, Dh)
@@ -164,9 +166,17 @@ class CrossKV:
     v: list[F32]
 
 
+def _embedding_rows(emb: F32 | QTensor, ids: np.ndarray) -> F32:
+    """Rows `ids` (any shape) of a (V, D) embedding table -> (*ids.shape, D) float32."""
+    if isinstance(emb, np.ndarray):
+        return emb[ids]
+    rows = QTensor(emb.qtype, (ids.size, emb.shape[1]), emb.blocks[ids.reshape(-1)].reshape(-1))
+    return rows.dequantize().reshape(*ids.shape, emb.shape[1])
+
+
 @dataclass
 class TextDecoder:
-    token_embedding: F32  # (V, D); also the output projection (tied)
+    token_embedding: F32 | QTensor  # (V, D); also the output projection (tied)
     positional_embedding: F32  # (n_text_ctx, D) learned
     blocks: list[ResidualAttentionBlock]
     ln: LayerNorm
@@ -174,8 +184,18 @@ class TextDecoder:
     @classmethod
     def load(cls, w: Weights, cfg: WhisperConfig) -> TextDecoder:
         d = cfg.n_text_state
+        emb = w["token_embedding.weight"]
+        if tuple(emb.shape) != (cfg.n_vocab, d):
+            raise ModelFileError(
+                f"token_embedding has shape {emb.shape}, expected {(cfg.n_vocab, d)}"
+            )
+        if isinstance(emb, RawTensor):
+            table: F32 | QTensor = QTensor.from_raw(emb)
+            table.repack()
+        else:
+            table = np.asarray(emb, np.float32)
         return cls(
-            w.f32("token_embedding.weight", (cfg.n_vocab, d)),
+            table,
             w.f32("positional_embedding", (cfg.n_text_ctx, d)),
             [
                 ResidualAttentionBlock.load(w.sub("blocks").sub(i), cfg.n_text_head, cross=True)
@@ -197,12 +217,12 @@ class TextDecoder:
         """
         n_batch, n_new = tokens.shape
         start = cache.length
+        end = start + n_new
         if start + n_new > self.positional_embedding.shape[0]:
             raise ValueError(
                 f"decoder context overflow: {start + n_new} > {self.positional_embedding.shape[0]}"
             )
-        x = self.token_embedding[tokens] + self.positional_embedding[start : start + n_new]
-        end = start + n_new
+        x = _embedding_rows(self.token_embedding, tokens) + self.positional_embedding[start:end]
         mask = None
         if n_new > 1:  # causal mask for the new positions over [0, end)
             mask = np.triu(np.full((n_new, end), -np.inf, np.float32), k=start + 1)
@@ -219,7 +239,7 @@ class TextDecoder:
 
     def logits(self, hidden: F32) -> F32:
         """hidden (..., D) -> logits (..., V)."""
-        return hidden @ self.token_embedding.T
+        return ops.linear(hidden, self.token_embedding)
 
 
 @dataclass

@@ -22,13 +22,19 @@ from pathlib import Path
 import numpy as np
 
 from npasr.io.ct2 import read_ct2
-from npasr.io.gguf import GGML_BLOCK, GGMLType, RawTensor, write_gguf
+from npasr.io.gguf import RawTensor, write_gguf
 from npasr.io.safetensors import read_safetensors
 from npasr.io.torch_zip import load_torch_checkpoint
-from npasr.io.weights import NameTable, apply_name_table, check_names_and_shapes
+from npasr.io.weights import (
+    FILE_TYPES,
+    NameTable,
+    apply_name_table,
+    check_names_and_shapes,
+    check_wtype,
+    storage_for,
+)
 from npasr.models.whisper.config import WhisperConfig
 from npasr.models.whisper.languages import LANGUAGES
-from npasr.nn.quant import quantize
 from npasr.types import ModelFileError
 
 _B = r"(en|de)coder/layer_(\d+)"  # CT2 block prefix -> \1coder.blocks.\2
@@ -389,41 +395,21 @@ def _default_tokenizer(pt: Path, cfg: WhisperConfig) -> Path:
 
 # --------------------------------------------------------------------------------- GGUF out
 
-# GGML ftype recorded in general.file_type (llama.h llama_ftype: 0 ALL_F32, 1 MOSTLY_F16,
-# 7 MOSTLY_Q8_0, 2 MOSTLY_Q4_0, 15 MOSTLY_Q4_K_M-like: Q4_K matrices)
-FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2, "q4_k": 15}
-_QTYPES = {"q8_0": GGMLType.Q8_0, "q4_0": GGMLType.Q4_0, "q4_k": GGMLType.Q4_K}
-# Quantized files keep these in f16/f32: the convolutions (small, and they see raw audio
-# features), and the token embedding, which is both a row lookup and the tied output projection
-# whose logits decide every token.
-_KEEP_FLOAT = re.compile(r"(conv\d\.weight|token_embedding\.weight|positional_embedding)$")
+# Quantized files keep the convolutions (small, and they see raw audio features) in f16 and the
+# positional embeddings (added, not multiplied) in f32. The token embedding is both a row lookup
+# and the tied output projection read at every decoding step (80-106 MB in f32 for tiny/base):
+# it is Q8_0 in every quantized type, since its logits decide each token.
+_KEEP_FLOAT = re.compile(r"(conv\d\.weight|positional_embedding)$")
+_KEEP_F32 = re.compile(r"positional_embedding$")
+_Q8_0 = re.compile(r"token_embedding\.weight$")
 
 
 def gguf_tensors(src: WhisperSource, wtype: str) -> dict[str, np.ndarray | RawTensor]:
-    """Storage types per tensor. f16: matrices (ndim >= 2) in f16; 1-D gains/biases and the
-    positional embeddings (added, not multiplied) stay f32. q8_0/q4_0/q4_k: additionally the
-    2-D Linear weights of attention and MLP are quantized when their width is a multiple of the
-    block size (Q4_K falls back to Q4_0 for widths that are not multiples of 256, else f16);
-    everything in `_KEEP_FLOAT` stays as in f16."""
-    out: dict[str, np.ndarray | RawTensor] = {}
-    qtype = _QTYPES.get(wtype)
-    for name, a in src.tensors.items():
-        if qtype is not None and a.ndim == 2 and not _KEEP_FLOAT.search(name):
-            qt = qtype
-            if a.shape[-1] % GGML_BLOCK[qt][0] and qt == GGMLType.Q4_K:
-                qt = GGMLType.Q4_0  # K-quant super-blocks span 256: narrower rows use Q4_0
-            if a.shape[-1] % GGML_BLOCK[qt][0] == 0:
-                q = quantize(np.asarray(a, np.float32), qt)
-                out[name] = RawTensor(qt, tuple(a.shape), q.blocks.reshape(-1))
-                continue
-        half = wtype != "f32" and a.ndim >= 2 and not name.endswith("positional_embedding")
-        out[name] = np.ascontiguousarray(a, dtype=np.float16 if half else np.float32)
-    return out
-
-
-def check_wtype(wtype: str) -> None:
-    if wtype not in FILE_TYPES:
-        raise ModelFileError(f"unknown weight type {wtype!r}; choose one of {', '.join(FILE_TYPES)}")
+    """Storage type per tensor: `npasr.io.weights.storage_for` with Whisper's keep-float names,
+    so the 2-D attention and MLP matrices are quantized and the token embedding is Q8_0."""
+    return {
+        n: storage_for(n, a, wtype, _KEEP_FLOAT, _KEEP_F32, _Q8_0) for n, a in src.tensors.items()
+    }
 
 
 def save_gguf(src: WhisperSource, out: str | os.PathLike[str], wtype: str = "f16") -> Path:
