@@ -156,10 +156,24 @@ def test_live_parity_with_openai_whisper(model_and_short, tmp_path) -> None:
     ours_tokens, ours = our_first_steps(m, list(tok.sot_sequence), 10)
     assert ours_tokens == toks[len(tok.sot_sequence) :]
     assert np.abs(ours - np.stack(ref_rows)).max() <= LOGIT_ATOL
-    r = ref.transcribe(audio, fp16=False, temperature=0.0, verbose=None, **_lang(m))
-    o = m.transcribe(audio, temperature=0.0, **_lang(m))
-    assert o.text == r["text"]
-    assert [s.tokens for s in o.segments] == [s["tokens"] for s in r["segments"]]
+    cases = [{}, {"initial_prompt": "President Kennedy's inaugural address, 1961."}]
+    for kw in cases:
+        r = ref.transcribe(audio, fp16=False, temperature=0.0, verbose=None, **_lang(m), **kw)
+        o = m.transcribe(audio, temperature=0.0, **_lang(m), **kw)
+        assert o.text == r["text"], kw
+        assert [s.tokens for s in o.segments] == [s["tokens"] for s in r["segments"]], kw
+    if m.is_multilingual:  # language detection and translation on Russian speech
+        ru = load_audio(REPO.parent / "shared" / "data" / "ru_sherpa-qwen3-ru1.wav")
+        ru_mel = pad_or_trim(log_mel_whisper(ru, ref.dims.n_mels), 3000)
+        with torch.no_grad():
+            _, ref_probs = ref.detect_language(torch.from_numpy(ru_mel))
+        ours_probs = m.detect_language(ru)
+        assert max(ours_probs, key=ours_probs.get) == max(ref_probs, key=ref_probs.get) == "ru"
+        assert max(abs(ours_probs[c] - ref_probs[c]) for c in ours_probs) <= 1e-3
+        for task in ("transcribe", "translate"):
+            r = ref.transcribe(ru, fp16=False, temperature=0.0, verbose=None, task=task)
+            o = m.transcribe(ru, temperature=0.0, task=task)
+            assert (o.language, o.text) == (r["language"], r["text"]), task
 
 
 def _path_of(m: WhisperModel) -> Path:
