@@ -1,9 +1,11 @@
 """Quantized linear kernels (npasr.nn.ops.linear on a QTensor) against NumPy f32 on the same shapes.
 
 Prints, per (model shape, type, rows): time, ratio to `x @ w.T` with f32 weights (lower is
-better), weight GB/s read, GFLOPS, and PASS/FAIL for the issue-3 targets. Both sides run with the
-same thread count (`--threads`, default 2) for Numba and BLAS; each time is the minimum over
-`--repeat` runs, NumPy and kernel interleaved so that load from other processes hits both.
+better), weight GB/s read, GFLOPS, and PASS/FAIL for the issue-3 targets. Then multi-row GEMV
+(beam search: M rows against one weight, as a multiple of the 1-row time; target 5 rows <= 2x)
+and the row/element-wise ops (`ops.softmax/gelu/layer_norm` against `ref.*`). Both sides run
+with the same thread count (`--threads`, default 2) for Numba and BLAS; each time is the minimum
+over `--repeat` runs, NumPy and kernel interleaved so that load from other processes hits both.
 
     python bench/kernels.py                 # full table, ~2 min on 2 cores
     python bench/kernels.py --quick --json bench/out/kernels.json
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,7 @@ if str(REPO) not in sys.path:
 
 from npasr import threads  # noqa: E402
 from npasr.io.gguf import GGMLType  # noqa: E402
-from npasr.nn import ops, quant  # noqa: E402
+from npasr.nn import ops, quant, ref  # noqa: E402
 
 # (model, N = Dout, K = Din): attention, MLP up, MLP down (+ Whisper's tied vocab projection)
 SHAPES = [
@@ -53,6 +56,19 @@ TARGETS = {
     (GGMLType.Q4_K, 1, 4096, 4096): 0.35,
     (GGMLType.Q8_0, 1500, 4096, 1024): 1.25,
 }
+
+
+# multi-row GEMV: Whisper tiny/base decoder MLP and the base vocabulary projection
+MULTI_ROW_SHAPES = [(1536, 384), (2048, 512), (51865, 512)]
+MULTI_ROWS = (1, 2, 5, 8)
+MULTI_ROW_TARGET = (5, 2.0)  # 5 rows cost at most 2x one row
+# (name, shape) for the row / element-wise ops at Whisper-base sizes
+ELEMENTWISE = [
+    ("softmax", (8, 1500, 1500)),
+    ("gelu", (1500, 2048)),
+    ("layer_norm", (1500, 512)),
+    ("layer_norm", (1, 512)),
+]
 
 
 def _pair_min(f_ref, f_q, repeat: int) -> tuple[float, float]:
@@ -108,8 +124,56 @@ for t in (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K):
     w = quant.quantize(rng.standard_normal((64, 256)).astype(np.float32), t)
     ops.linear(rng.standard_normal((1, 256)).astype(np.float32), w)
     ops.linear(rng.standard_normal((20, 256)).astype(np.float32), w)
+x = rng.standard_normal((4, 256)).astype(np.float32)
+ops.softmax(x), ops.gelu(x), ops.layer_norm(x, x[0], x[1])
 print(time.perf_counter() - t0)
 """
+
+
+def multi_row(repeat: int, rng) -> list[dict]:
+    """Time of ops.linear with M activation rows, as a multiple of the 1-row time."""
+    rows = []
+    for n, k in MULTI_ROW_SHAPES:
+        w32 = (rng.standard_normal((n, k), dtype=np.float32) * 0.05).astype(np.float32)
+        for qtype in TYPES:
+            if k % 256 and qtype == GGMLType.Q4_K:
+                continue
+            w = quant.quantize(w32, qtype)
+            wd = w.dequantize()
+            reps = repeat if n * k < 10**7 else max(5, repeat // 3)
+            times = {}
+            for m in MULTI_ROWS:
+                x = rng.standard_normal((m, k), dtype=np.float32)
+                t_np, t_q = _pair_min(partial(np.matmul, x, wd.T), partial(ops.linear, x, w), reps)
+                times[m] = (t_q, t_np)
+            m_t, lim = MULTI_ROW_TARGET
+            ratio = times[m_t][0] / times[1][0]
+            rows.append(
+                {
+                    "type": qtype.name,
+                    "N": n,
+                    "K": k,
+                    "quant_ms": {m: t[0] * 1e3 for m, t in times.items()},
+                    "numpy_ms": {m: t[1] * 1e3 for m, t in times.items()},
+                    f"rows{m_t}_over_rows1": ratio,
+                    "verdict": "PASS" if ratio <= lim else "FAIL",
+                }
+            )
+    return rows
+
+
+def elementwise(repeat: int, rng) -> list[dict]:
+    """ops.softmax / gelu / layer_norm (Numba kernels) against the NumPy references."""
+    rows = []
+    for name, shape in ELEMENTWISE:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        args = (x, *rng.standard_normal((2, shape[-1]), dtype=np.float32))  # x, g, b
+        args = args if name == "layer_norm" else args[:1]
+        pair = (partial(getattr(ref, name), *args), partial(getattr(ops, name), *args))
+        reps = repeat if x.size < 10**6 else max(3, repeat // 3)
+        t_np, t_k = _pair_min(*pair, reps)
+        rows.append({"op": name, "shape": shape, "numpy_ms": t_np * 1e3, "kernel_ms": t_k * 1e3})
+    return rows
 
 
 def cold_start() -> dict:
@@ -153,7 +217,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=15)
-    ap.add_argument("--quick", action="store_true", help="target shapes only")
+    ap.add_argument("--quick", action="store_true", help="target shapes only (all sections)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     threads.set_num_threads(args.threads)
@@ -189,11 +253,35 @@ def main() -> None:
             f"{r['quant_GFLOPS']:6.1f} {r['numpy_GFLOPS']:6.1f}  {tgt}",
             flush=True,
         )
+    m_t, lim = MULTI_ROW_TARGET
+    print(f"\nmulti-row GEMV: ms per call (x 1-row time); target {m_t} rows <= {lim:.1f}x")
+    multi = multi_row(args.repeat, rng)
+    for r in multi:
+        cells = " ".join(
+            f"M{m} {t:7.3f} ({t / r['quant_ms'][1]:4.2f}x)" for m, t in r["quant_ms"].items()
+        )
+        np_cells = " ".join(f"{t:.3f}" for t in r["numpy_ms"].values())
+        print(f"{r['type']:5} {r['N']:6d} {r['K']:5d}  {cells}  {r['verdict']}  np f32: {np_cells}")
+    print("\nrow / element-wise ops (Numba kernel vs NumPy reference)")
+    elem = elementwise(args.repeat, rng)
+    for r in elem:
+        speedup = r["numpy_ms"] / r["kernel_ms"]
+        print(
+            f"{r['op']:10} {str(r['shape']):16} numpy {r['numpy_ms']:8.3f} ms  "
+            f"kernel {r['kernel_ms']:8.3f} ms  ({speedup:.1f}x faster)"
+        )
     facts["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"load average at end: {facts['loadavg_end']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": facts, "cold": cold, "rows": rows}, indent=1))
+        out = {
+            "machine": facts,
+            "cold": cold,
+            "rows": rows,
+            "multi_row": multi,
+            "elementwise": elem,
+        }
+        args.json.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

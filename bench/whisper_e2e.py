@@ -36,7 +36,7 @@ import _common as C  # noqa: E402
 
 OUT = C.REPO / "bench" / "out"
 ENGINES = ("npasr-f16", "npasr-q8_0", "fw-int8", "fw-fp32", "openai")
-DEFAULT_ENGINES = "fw-int8,fw-fp32,openai,npasr-f16"
+DEFAULT_ENGINES = "fw-int8,fw-fp32,openai,npasr-f16,npasr-q8_0"
 BASELINE = "fw-int8"
 
 

@@ -5,25 +5,36 @@ repacked layout). Model code calls only this module, so quantization stays a pro
 weight (STYLE R6): the same Whisper forward runs f32, f16-widened or any GGML type.
 
 Dispatch for a QTensor (M = number of activation rows):
-* M <= GEMV_MAX_ROWS (decoding): `quant_kernels.gemv_*_kernel`, reading the quantized weight once.
+* M <= GEMV_MAX_ROWS (decoding): `quant_kernels.gemv_kernel`, reading the quantized weight once.
 * larger M (encoders): dequantize TILE_BYTES of weight rows at a time into a reused f32 buffer
   and multiply with BLAS, which is compute bound there; the tile dequantize is the Numba kernel.
 * a type with no kernel layout (Q6_K): the same tile loop with the NumPy dequantize, announced
   once per type with `warnings.warn`.
+
+`softmax`, `gelu` and `layer_norm` run `npasr.nn.kernels` on float32 input of at least
+KERNEL_MIN_SIZE elements and `npasr.nn.ref` otherwise. NPASR_BACKEND=numpy (read at every call)
+forces the reference for these three ops; quantized weights always need the Numba kernels.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
 
+from npasr.nn import kernels, ref
 from npasr.nn import quant_kernels as qk
 from npasr.nn.quant import Packed, QTensor
 from npasr.types import F32
 
 GEMV_MAX_ROWS = 8  # decoder batch (beams); above this the tile + BLAS path wins
 TILE_BYTES = 4 << 20  # f32 weight tile for the GEMM path: 4 MiB fits the 32 MiB L3 with room
+# Below this many elements softmax/gelu/layer_norm use the NumPy reference. On one thread the
+# kernels win from one 512-wide row up (layer_norm (1, 512): 1.3 us vs 11 us), but a parallel
+# kernel wakes every Numba worker, and on a loaded 2-core machine that hand-off alone took
+# 4-5 ms (layer_norm (1, 512), 2 threads, loadavg 2.5). Decoder-sized calls stay in NumPy.
+KERNEL_MIN_SIZE = 1 << 15
 
 _warned: set[str] = set()  # qtype names whose fallback was announced
 _EMPTY = np.empty(0, np.float32)
@@ -51,8 +62,9 @@ def _gemv(x: F32, p: Packed, n_out: int) -> F32:
     xsum = np.empty(m * (k // qk.QB), np.float32)
     if p.offset is not None:
         qk.block_sums_kernel(xsum, xf, m, k)
-    kernel = qk.gemv_i8_kernel if p.kind == "i8" else qk.gemv_u4_kernel
-    kernel(out, xf, xsum, _flat(p.qs), _flat(p.scale), _flat(p.offset), m, k)
+    qk.gemv_kernel(
+        out, xf, xsum, _flat(p.qs), _flat(p.scale), _flat(p.offset), m, k, p.kind == "u4"
+    )
     return out
 
 
@@ -100,3 +112,54 @@ def linear(x: F32, w: F32 | QTensor, b: F32 | None = None) -> F32:
     if b is not None:
         y += b
     return y
+
+
+# --- row and element-wise ops ----------------------------------------------------------------
+
+
+def _use_kernel(x: np.ndarray) -> bool:
+    return (
+        x.dtype == np.float32
+        and x.ndim >= 1
+        and x.size >= KERNEL_MIN_SIZE
+        and os.environ.get("NPASR_BACKEND", "numba") != "numpy"
+    )
+
+
+def _rows(x: F32) -> F32:
+    """(..., C) -> contiguous (R, C) view or copy."""
+    return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+
+
+def softmax(x: F32, axis: int = -1) -> F32:
+    """Softmax over `axis`, as `ref.softmax`; the kernel handles the last axis."""
+    if not _use_kernel(x) or axis not in (-1, x.ndim - 1):
+        return ref.softmax(x, axis=axis)
+    out = np.empty(x.shape, np.float32)
+    kernels.softmax_kernel(out.reshape(-1, x.shape[-1]), _rows(x))
+    return out
+
+
+def gelu(x: F32) -> F32:
+    """Exact (erf) GELU, as `ref.gelu`."""
+    if not _use_kernel(x):
+        return ref.gelu(x)
+    out = np.empty(x.shape, np.float32)
+    kernels.gelu_kernel(out.reshape(-1, x.shape[-1]), _rows(x))
+    return out
+
+
+def layer_norm(x: F32, g: F32, b: F32, eps: float = 1e-5) -> F32:
+    """LayerNorm over the last axis with weight g and bias b (D,), as `ref.layer_norm`."""
+    d = x.shape[-1] if x.ndim else 0
+    if not _use_kernel(x) or any(a.shape != (d,) or a.dtype != np.float32 for a in (g, b)):
+        return ref.layer_norm(x, g, b, eps)  # (also broadcasting g, b, which the kernel does not)
+    out = np.empty(x.shape, np.float32)
+    kernels.layer_norm_kernel(
+        out.reshape(-1, x.shape[-1]),
+        _rows(x),
+        np.ascontiguousarray(g),
+        np.ascontiguousarray(b),
+        eps,
+    )
+    return out

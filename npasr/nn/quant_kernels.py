@@ -8,26 +8,40 @@ with v int8 ("i8": Q8_0, Q5_0, Q5_1, Q5_K) or a nibble ("u4": Q4_0, Q4_1, Q4_K; 
 v[32 b + j] in its low and v[32 b + j + 16] in its high nibble). Shapes: M activation rows,
 N weight rows (outputs), K inputs, NB = K // 32 blocks per row.
 
-How the loops are written, and why (measured on Zen 4 with Numba 0.68 / LLVM):
-* Arrays are passed flat and indexed with unsigned integers. A signed index makes Numba emit the
-  negative-index wrap-around select, and LLVM then leaves the 32-wide inner loops scalar.
-* The per-block scale stops a plain dot product from vectorizing across blocks, so each output keeps
-  32 partial sums (`acc`, one per position in the block) and reduces them once per row; the inner
-  `for j in range(32)` is then element-wise and compiles to 16-lane AVX-512 (8-lane AVX2) FMAs.
-* Activations stay float32: the int8 values are widened exactly, so the only error against the
-  reference is float32 summation order (fastmath reassociates; it is enabled only for that).
+How the GEMV is written, and why (measured on Zen 4 with Numba 0.68 / LLVM 15):
+* Numba types uint8/int8 arithmetic as int64, and LLVM leaves the 16- and 32-long per-block loops
+  either scalar (once fully unrolled, the SLP vectorizer gives up because the float stores may
+  alias the byte loads) or in a 64-wide vector body that a 16-long loop never enters. Plain Numba
+  loops reached only ~9 GMAC/s on Q4 (about NumPy f32 speed).
+* So the inner loop over one weight row is emitted as LLVM IR with explicit `<16 x float>` vectors
+  (`_row_dot_*`, a Numba `@intrinsic`): per 32-weight block, widen the bytes (or nibbles) to
+  float32 exactly, multiply by the block scale once, then one `fmuladd` per 16 lanes per
+  activation row. All M <= 8 activation rows run in the same pass, with their 2 M accumulators in
+  registers, so a weight block is read and widened once for the whole beam. The IR is generic
+  (no target intrinsics): LLVM lowers it to AVX-512, AVX2 (two ymm per vector) or SSE.
+* Activations stay float32 and values are widened exactly, so the only error against the
+  reference is float32 summation order (32 lanes summed per row, then a pairwise tree).
 * The offset term is folded out of the inner loop: sum_j (s v - o) x = s sum_j v x - o sum_j x,
   with the per-block activation sums `xsum` (M, NB) computed once per call.
 * `prange` runs over chunks of rows so each thread allocates its scratch once.
+* With NUMBA_DISABLE_JIT=1 the intrinsics are replaced by NumPy versions of the same contract.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 QB = 32  # weights per scale block in every Packed layout
 ROW_CHUNK = 16  # output rows per parallel work item (scratch is allocated per item)
+MAX_ROWS = 8  # activation rows per weight pass (2 * 8 accumulators + 4 temporaries: 20 zmm)
+VL = 16  # float32 lanes per IR vector (one zmm; LLVM splits it on narrower targets)
 
 _JIT = dict(nogil=True, cache=True)
 # fastmath only where a reduction must be reassociated to vectorize (see module docstring)
@@ -60,8 +74,137 @@ def block_sums_kernel(xsum: np.ndarray, x: np.ndarray, n_rows: int, k: int) -> N
             xsum[_u(m * nbk + b)] = s
 
 
+# --- one weight row against up to MAX_ROWS activation rows, as explicit-vector LLVM IR ----------
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
+    vt = ir.VectorType(value.type, VL)
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.IntType(32)(0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), VL), [0] * VL)
+    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), mask)
+
+
+def _hsum(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """Pairwise sum of a <VL x float> (halves added log2(VL) times)."""
+    n = VL
+    while n > 1:
+        n //= 2
+        lo, hi = (
+            ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(a, a + n))) for a in (0, n)
+        )
+        v = builder.fadd(builder.shuffle_vector(v, v, lo), builder.shuffle_vector(v, v, hi))
+    return builder.extract_element(v, ir.IntType(32)(0))
+
+
+def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, u4: bool) -> None:  # type: ignore[no-untyped-def]
+    """IR for res[m] = sum_b scale[i, b] * sum_j v[i, 32 b + j] * xb[b, m, j], m < n_act."""
+    i64, f32 = ir.IntType(64), ir.FloatType()
+    vf, vb, vi = (ir.VectorType(t, VL) for t in (f32, ir.IntType(8), ir.IntType(32)))
+    fmuladd = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vf, [vf, vf, vf]), f"llvm.fmuladd.v{VL}f32"
+    )
+    nbk = builder.sdiv(k, i64(QB))
+    q_row = builder.mul(i, k)
+    if u4:
+        q_row = builder.lshr(q_row, i64(1))
+    zero = ir.Constant(vf, [0.0] * VL)
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(2 * n_act)]  # (M, lo|hi)
+    with cgutils.for_range(builder, nbk) as loop:
+        b = loop.index
+        q = builder.gep(qs_p, [builder.add(q_row, builder.mul(b, i64(QB // 2 if u4 else QB)))])
+        if u4:  # byte j: value j in the low nibble, value j + 16 in the high nibble
+            z = builder.zext(builder.load(builder.bitcast(q, vb.as_pointer()), align=1), vi)
+            halves = [
+                builder.and_(z, ir.Constant(vi, [15] * VL)),
+                builder.lshr(z, ir.Constant(vi, [4] * VL)),
+            ]
+        else:
+            halves = [
+                builder.load(
+                    builder.bitcast(builder.gep(q, [i64(h * VL)]), vb.as_pointer()), align=1
+                )
+                for h in range(2)
+            ]
+        s = _splat(builder, builder.load(builder.gep(sc_p, [builder.add(builder.mul(i, nbk), b)])))
+        w = [builder.fmul(builder.sitofp(v, vf), s) for v in halves]  # exact widening, then * scale
+        for m in range(n_act):
+            xo = builder.mul(builder.add(builder.mul(b, i64(n_act)), i64(m)), i64(QB))
+            for h in range(2):
+                xp = builder.bitcast(
+                    builder.gep(x_p, [builder.add(xo, i64(h * VL))]), vf.as_pointer()
+                )
+                acc = accs[2 * m + h]
+                builder.store(
+                    builder.call(fmuladd, [w[h], builder.load(xp, align=4), builder.load(acc)]), acc
+                )
+    for m in range(n_act):
+        t = _hsum(builder, builder.fadd(builder.load(accs[2 * m]), builder.load(accs[2 * m + 1])))
+        builder.store(t, builder.gep(res_p, [i64(m)]))
+
+
+def _make_row_dot(u4: bool) -> Callable[..., None]:
+    """`row_dot(res, xb, qs, scale, i, n_act, k)`: res[m] = (weight row i without its offset) .
+    (activation row m), m < n_act <= MAX_ROWS, with xb the rows interleaved per block:
+    xb (NB, n_act, 32) flat, so one pointer walks every row's block in order."""
+    if nb.config.DISABLE_JIT:
+
+        def row_dot_py(res, xb, qs, scale, i, n_act, k):  # type: ignore[no-untyped-def]
+            nbk = k // QB
+            if u4:
+                q = qs[i * k // 2 : (i + 1) * k // 2].reshape(nbk, QB // 2)
+                v = np.concatenate([q & 15, q >> 4], axis=1)  # (NB, 32)
+            else:
+                v = qs[i * k : (i + 1) * k].reshape(nbk, QB)
+            w = v.astype(np.float32) * scale[i * nbk : (i + 1) * nbk, None]  # (NB, 32)
+            res[:n_act] = np.einsum("bmj,bj->m", xb[: n_act * k].reshape(nbk, n_act, QB), w)
+
+        return row_dot_py
+
+    def row_dot(typingctx, res, xb, qs, scale, i, n_act, k):  # type: ignore[no-untyped-def]
+        sig = types.void(res, xb, qs, scale, i, n_act, k)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            res_p, x_p, qs_p, sc_p = (
+                context.make_array(t)(context, builder, v).data
+                for t, v in zip(signature.args[:4], args[:4], strict=True)
+            )
+            i_v, n_v, k_v = (
+                context.cast(builder, v, t, types.int64)
+                for v, t in zip(args[4:], signature.args[4:], strict=True)
+            )
+            end = builder.append_basic_block("row_dot.end")
+            switch = builder.switch(n_v, end)  # one register-resident body per row count
+            for rows in range(1, MAX_ROWS + 1):
+                case = builder.append_basic_block(f"row_dot.m{rows}")
+                switch.add_case(ir.IntType(64)(rows), case)
+                builder.position_at_end(case)
+                _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i_v, k_v, rows, u4)
+                builder.branch(end)
+            builder.position_at_end(end)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(row_dot)
+
+
+_row_dot_i8 = _make_row_dot(u4=False)
+_row_dot_u4 = _make_row_dot(u4=True)
+
+
+@nb.njit(**_JIT)
+def _interleave_blocks(xb: np.ndarray, x: np.ndarray, m0: int, n_act: int, k: int) -> None:
+    """xb (NB, n_act, 32) flat <- rows m0 : m0 + n_act of x (M*K,) flat."""
+    for b in range(k // QB):
+        for m in range(n_act):
+            src = _u((m0 + m) * k + b * QB)
+            dst = _u((b * n_act + m) * QB)
+            for j in range(QB):
+                xb[dst + _u(j)] = x[src + _u(j)]
+
+
 @nb.njit(parallel=True, **_FAST)
-def gemv_i8_kernel(
+def gemv_kernel(
     out: np.ndarray,
     x: np.ndarray,
     xsum: np.ndarray,
@@ -70,90 +213,32 @@ def gemv_i8_kernel(
     offset: np.ndarray,
     n_rows: int,
     k: int,
+    u4: bool,
 ) -> None:
-    """out (M, N) = x (M, K) @ w.T for an "i8" weight. Flat: x (M*K,), qs (N*K,) int8,
-    scale/offset (N*NB,) (offset may be empty: no offset), xsum (M*NB,). M is small (1..8)."""
+    """out (M, N) = x (M, K) @ w.T for a Packed weight of kind "u4" (qs (N*K/2,) uint8 nibble
+    pairs) or "i8" (qs (N*K,) int8). Flat: x (M*K,), scale/offset (N*NB,) (offset may be empty:
+    no offset), xsum (M*NB,) block sums of x (read only with an offset). Any M; each pass over
+    the weight serves MAX_ROWS activation rows."""
     n_out = out.shape[1]
     nbk = k // QB
     has_offset = offset.shape[0] > 0
+    xb = np.empty(n_rows * k, np.float32)  # groups of MAX_ROWS rows, each (NB, rows, 32)
+    for m0 in range(0, n_rows, MAX_ROWS):
+        _interleave_blocks(xb[m0 * k :], x, m0, min(MAX_ROWS, n_rows - m0), k)
     for c in nb.prange((n_out + ROW_CHUNK - 1) // ROW_CHUNK):
-        acc = np.empty(n_rows * QB, np.float32)  # (M, 32) partial sums
-        wb = np.empty(QB, np.float32)  # one dequantized block
+        res = np.empty(MAX_ROWS, np.float32)
         for i in range(c * ROW_CHUNK, min(n_out, (c + 1) * ROW_CHUNK)):
-            acc[:] = 0.0
-            for b in range(nbk):
-                s = scale[_u(i * nbk + b)]
-                o = _u(i * k + b * QB)
-                if n_rows == 1:
-                    for j in range(QB):
-                        acc[_u(j)] += np.float32(qs[o + _u(j)]) * s * x[_u(b * QB + j)]
-                    continue
-                for j in range(QB):
-                    wb[_u(j)] = np.float32(qs[o + _u(j)]) * s
-                for m in range(n_rows):
-                    xo = _u(m * k + b * QB)
-                    ao = _u(m * QB)
-                    for j in range(QB):
-                        acc[ao + _u(j)] += wb[_u(j)] * x[xo + _u(j)]
-            for m in range(n_rows):
-                t = np.float32(0.0)
-                for j in range(QB):
-                    t += acc[_u(m * QB + j)]
-                if has_offset:
-                    t -= _offset_dot(offset, xsum, i, m, nbk)
-                out[m, i] = t
-
-
-@nb.njit(parallel=True, **_FAST)
-def gemv_u4_kernel(
-    out: np.ndarray,
-    x: np.ndarray,
-    xsum: np.ndarray,
-    qs: np.ndarray,
-    scale: np.ndarray,
-    offset: np.ndarray,
-    n_rows: int,
-    k: int,
-) -> None:
-    """As `gemv_i8_kernel` for a "u4" weight: qs (N*K/2,) uint8 nibble pairs."""
-    n_out = out.shape[1]
-    nbk = k // QB
-    half = QB // 2
-    for c in nb.prange((n_out + ROW_CHUNK - 1) // ROW_CHUNK):
-        acc = np.empty(n_rows * QB, np.float32)
-        wb = np.empty(QB, np.float32)
-        for i in range(c * ROW_CHUNK, min(n_out, (c + 1) * ROW_CHUNK)):
-            acc[:] = 0.0
-            for b in range(nbk):
-                s = scale[_u(i * nbk + b)]
-                o = _u((i * k + b * QB) // 2)
-                if n_rows == 1:
-                    xo = _u(b * QB)
-                    for j in range(half):
-                        byte = qs[o + _u(j)]
-                        acc[_u(j)] += np.float32(byte & np.uint8(15)) * s * x[xo + _u(j)]
-                    for j in range(half):
-                        byte = qs[o + _u(j)]
-                        acc[_u(j + half)] += (
-                            np.float32(byte >> np.uint8(4)) * s * x[xo + _u(j + half)]
-                        )
-                    continue
-                for j in range(half):
-                    byte = qs[o + _u(j)]
-                    wb[_u(j)] = np.float32(byte & np.uint8(15)) * s
-                for j in range(half):
-                    byte = qs[o + _u(j)]
-                    wb[_u(j + half)] = np.float32(byte >> np.uint8(4)) * s
-                for m in range(n_rows):
-                    xo = _u(m * k + b * QB)
-                    ao = _u(m * QB)
-                    for j in range(QB):
-                        acc[ao + _u(j)] += wb[_u(j)] * x[xo + _u(j)]
-            for m in range(n_rows):
-                t = np.float32(0.0)
-                for j in range(QB):
-                    t += acc[_u(m * QB + j)]
-                out[m, i] = t - _offset_dot(offset, xsum, i, m, nbk)
+            for m0 in range(0, n_rows, MAX_ROWS):
+                mm = min(MAX_ROWS, n_rows - m0)
+                if u4:
+                    _row_dot_u4(res, xb[m0 * k :], qs, scale, i, mm, k)
+                else:
+                    _row_dot_i8(res, xb[m0 * k :], qs, scale, i, mm, k)
+                for m in range(mm):
+                    t = res[m]
+                    if has_offset:
+                        t -= _offset_dot(offset, xsum, i, m0 + m, nbk)
+                    out[m0 + m, i] = t
 
 
 @nb.njit(parallel=True, **_JIT)

@@ -1,0 +1,166 @@
+"""Numba kernels for the row and element-wise ops where NumPy is the bottleneck.
+
+Each kernel has a reference of the same contract in `npasr.nn.ref` and a parity test in
+tests/nn/test_kernels.py; `npasr.nn.ops` picks kernel or reference per call.
+
+Why these beat NumPy: the NumPy versions make several passes over the whole array with temporaries
+(softmax: max, subtract, exp, sum, divide over an (H, T, T) array that does not fit in cache), and
+SciPy's `erf` is a scalar loop. Here every row is finished while it sits in L1, and `exp`/`erf`
+are written as float32 polynomials that LLVM vectorizes (a libm call in the loop would not).
+
+Numerics (float32 throughout; fastmath stays off except where a reduction is reassociated):
+* `_exp`: exp(v) = 2^n exp(r), n = round(v / ln 2), |r| <= ln(2)/2, a degree-7 Taylor
+  polynomial (truncation error r^8/8! < 5e-9 relative) and 2^n built from the exponent bits.
+  Arguments below -87.3 give 0 (NumPy gives denormals there, all < 1.2e-38), so -inf masks
+  give exact zeros.
+* `_erf`: |x| <= 1: x P(x^2); 1 < |x| < 4: 1 - exp(-x^2) Q(1/x) with Q ~ erfcx; |x| >= 4: +-1
+  (erfc(4) = 1.5e-8 is below half an ulp of 1). Max abs error 1.2e-7 (about 2 ulp at 1).
+* Reductions (row max and sums) use `reassoc` so they vectorize; the order differs from NumPy's
+  pairwise sums by float32 rounding only. `ninf` is never set, so -inf masks stay exact.
+Shapes: R rows of length C (softmax: R = H * Tq, C = Tk; layer_norm: R = T, C = D).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_JIT = dict(nogil=True, cache=True)
+# reassociation only, for the row reductions (see module docstring)
+_REDUCE = dict(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
+_MAX = dict(nogil=True, cache=True)  # max is exact in any order; NaN: see softmax_kernel
+
+_f = np.float32
+LOG2E = _f(1.4426950408889634)
+LN2_HI = _f(0.693359375)  # ln 2 split so that n * LN2_HI is exact for |n| < 2^11 (Cody-Waite)
+LN2_LO = _f(-2.12194440e-4)
+EXP_MIN = _f(-87.33654)  # ln(2^-126): smallest argument whose result is a normal float32
+# erf(x) / x = P(x^2) on |x| <= 1; least squares on 2000 Chebyshev nodes in float64
+# (numpy.polynomial.polynomial.polyfit), coefficients rounded to float32, lowest order first.
+ERF_P = (1.1283791, -0.37612349, 0.11280365, -0.026716385, 0.0049232775, -0.0005654106)
+# erfcx(x) = exp(x^2) erfc(x) = Q(1/x) on 1 <= x <= 4; same fit, 3000 nodes, degree 8.
+ERF_Q = (
+    0.00027494677,
+    0.5589597,
+    0.042608209,
+    -0.47395203,
+    0.50219697,
+    -0.24920481,
+    0.029908312,
+    0.02566277,
+    -0.00887057,
+)
+_P = tuple(_f(c) for c in ERF_P)
+_Q = tuple(_f(c) for c in ERF_Q)
+SQRT1_2 = _f(0.7071067811865476)
+
+
+@nb.njit(**_JIT)
+def _exp(v: np.float32) -> np.float32:
+    """float32 exp for v <= 88 (see module docstring); NaN stays NaN, -inf gives 0."""
+    tiny = v < EXP_MIN
+    v = EXP_MIN if tiny else v
+    n = np.floor(v * LOG2E + _f(0.5))
+    r = (v - n * LN2_HI) - n * LN2_LO
+    p = _f(1.0 / 5040) + r * _f(1.0 / 40320)
+    p = _f(1.0 / 720) + r * p
+    p = _f(1.0 / 120) + r * p
+    p = _f(1.0 / 24) + r * p
+    p = _f(1.0 / 6) + r * p
+    p = _f(0.5) + r * p
+    p = _f(1.0) + r * p
+    p = _f(1.0) + r * p
+    y = p * np.int32((np.int32(n) + 127) << 23).view(np.float32)  # * 2^n
+    return _f(0.0) if tiny else y
+
+
+@nb.njit(**_JIT)
+def _erf(x: np.float32) -> np.float32:
+    a = min(abs(x), _f(4.0))
+    t = a * a
+    p = _P[5]
+    for c in (_P[4], _P[3], _P[2], _P[1], _P[0]):
+        p = p * t + c
+    u = _f(1.0) / max(a, _f(1.0))
+    q = _Q[8]
+    for c in (_Q[7], _Q[6], _Q[5], _Q[4], _Q[3], _Q[2], _Q[1], _Q[0]):
+        q = q * u + c
+    big = _f(1.0) - _exp(-t) * q
+    y = a * p if a <= _f(1.0) else big
+    return -y if x < 0 else y
+
+
+@nb.njit(**_MAX)
+def _row_max(x: np.ndarray) -> np.float32:
+    # Eight explicit running maxima: LLVM does not vectorize a one-accumulator float max loop
+    # here even with nnan/reassoc (measured 3x slower), but it overlaps eight independent chains.
+    n = x.shape[0]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x[0]
+    j = 0
+    while j + 8 <= n:
+        m0, m1, m2, m3 = max(m0, x[j]), max(m1, x[j + 1]), max(m2, x[j + 2]), max(m3, x[j + 3])
+        m4, m5, m6, m7 = max(m4, x[j + 4]), max(m5, x[j + 5]), max(m6, x[j + 6]), max(m7, x[j + 7])
+        j += 8
+    m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))  # noqa: PLW3301
+    for i in range(j, n):
+        m = max(m, x[i])
+    return m
+
+
+@nb.njit(**_REDUCE)
+def _row_sum(x: np.ndarray) -> np.float32:
+    s = _f(0.0)
+    for j in range(x.shape[0]):
+        s += x[j]
+    return s
+
+
+@nb.njit(**_REDUCE)
+def _row_sq_sum(x: np.ndarray) -> np.float32:
+    s = _f(0.0)
+    for j in range(x.shape[0]):
+        s += x[j] * x[j]
+    return s
+
+
+@nb.njit(parallel=True, **_JIT)
+def softmax_kernel(out: np.ndarray, x: np.ndarray) -> None:
+    """out (R, C) = softmax of each row of x (R, C); `ref.softmax(x, axis=-1)`.
+
+    A row holding NaN comes out all NaN, as in NumPy (exp and the row sum propagate it); a row
+    that is all -inf gives NaN too (-inf - -inf)."""
+    for r in nb.prange(x.shape[0]):
+        xr, orow = x[r], out[r]
+        m = _row_max(xr)
+        for j in range(xr.shape[0]):
+            orow[j] = _exp(xr[j] - m)
+        inv = _f(1.0) / _row_sum(orow)  # one division per row; e * (1/s) is within 1 ulp of e / s
+        for j in range(xr.shape[0]):
+            orow[j] *= inv
+
+
+@nb.njit(parallel=True, **_JIT)
+def gelu_kernel(out: np.ndarray, x: np.ndarray) -> None:
+    """out (R, C) = exact-erf GELU of x (R, C); `ref.gelu`."""
+    for r in nb.prange(x.shape[0]):
+        xr, orow = x[r], out[r]
+        for j in range(xr.shape[0]):
+            v = xr[j]
+            orow[j] = _f(0.5) * v * (_f(1.0) + _erf(v * SQRT1_2))
+
+
+@nb.njit(parallel=True, **_JIT)
+def layer_norm_kernel(
+    out: np.ndarray, x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float
+) -> None:
+    """out (R, C) = LayerNorm of each row of x (R, C) with g, b (C,); `ref.layer_norm`
+    (biased variance of the centred row, as torch)."""
+    n = x.shape[1]
+    for r in nb.prange(x.shape[0]):
+        xr, orow = x[r], out[r]
+        mu = _row_sum(xr) / _f(n)
+        for j in range(n):
+            orow[j] = xr[j] - mu
+        sd = np.sqrt(_row_sq_sum(orow) / _f(n) + _f(eps))
+        for j in range(n):
+            orow[j] = orow[j] / sd * g[j] + b[j]

@@ -1,0 +1,154 @@
+"""Row and element-wise kernels (npasr.nn.kernels, via npasr.nn.ops) against npasr.nn.ref.
+
+Tolerances, measured max errors in brackets (float32 inputs from default_rng(0)):
+* softmax: 1e-6 absolute on probabilities [5e-7]: polynomial exp (< 2 ulp), row sums reassociated,
+  and e * (1 / s) instead of e / s.
+* gelu: atol 1e-6 + rtol 1e-6 [4.8e-7 at |x| ~ 10]: the polynomial erf is within 1.2e-7 of
+  erf, and 0.5 x (1 + erf) scales that by at most |x| / 2, so the relative part covers large x.
+* layer_norm: atol 1e-5 + rtol 1e-5 on outputs of size ~ |g| [2e-6]: mean and variance are
+  summed in another order than NumPy's pairwise sum; an output near 0 (g z ~ -b) has no
+  relative accuracy in either implementation.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from npasr import threads
+from npasr.nn import kernels, ops, ref
+
+SHAPES = [(1, 1), (1, 64), (3, 1, 7), (2, 33, 100), (5, 1500), (8, 31, 1500)]
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
+def n_threads(request: pytest.FixtureRequest):
+    before = threads.get_num_threads()
+    threads.set_num_threads(request.param)
+    yield request.param
+    threads.set_num_threads(before)
+
+
+def _rand(shape: tuple[int, ...], scale: float = 3.0, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def _direct(kernel, x: np.ndarray, *args: object) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Call a kernel on any shape, bypassing the size threshold in ops."""
+    out = np.empty_like(x)
+    kernel(out.reshape(-1, x.shape[-1]), np.ascontiguousarray(x).reshape(-1, x.shape[-1]), *args)
+    return out
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_softmax(shape: tuple[int, ...], n_threads: int) -> None:
+    x = _rand(shape, scale=10.0)
+    want = ref.softmax(x)
+    np.testing.assert_allclose(_direct(kernels.softmax_kernel, x), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ops.softmax(x), want, rtol=0, atol=1e-6)
+
+
+def test_softmax_masks_and_extremes() -> None:
+    """Causal -inf masks (decoder), a 100-wide spread (exp clamp) and an all -inf row (NaN)."""
+    x = _rand((6, 40, 40), scale=30.0)
+    x += np.triu(np.full((40, 40), -np.inf, np.float32), k=1)
+    y = _direct(kernels.softmax_kernel, x)
+    np.testing.assert_allclose(y, ref.softmax(x), rtol=0, atol=1e-6)
+    assert (y[:, np.triu_indices(40, 1)[0], np.triu_indices(40, 1)[1]] == 0).all()
+    x[0, 0] = -np.inf
+    with np.errstate(invalid="ignore"):  # -inf - -inf, in both implementations
+        y = _direct(kernels.softmax_kernel, x)
+        assert np.isnan(y[0, 0]).all() and np.isnan(ref.softmax(x)[0, 0]).all()
+        np.testing.assert_array_equal(ops.softmax(x, axis=0), ref.softmax(x, axis=0))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_gelu(shape: tuple[int, ...], n_threads: int) -> None:
+    x = _rand(shape)
+    want = ref.gelu(x)
+    np.testing.assert_allclose(_direct(kernels.gelu_kernel, x), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ops.gelu(x), want, rtol=1e-6, atol=1e-6)
+
+
+def test_gelu_grid_and_extremes() -> None:
+    """Every branch of the erf approximation on a dense grid, plus +-inf and huge values."""
+    x = np.linspace(-12, 12, 480_000, dtype=np.float32).reshape(48, -1)
+    np.testing.assert_allclose(ops.gelu(x), ref.gelu(x), rtol=1e-6, atol=1e-6)
+    big = np.array([[-np.inf, -1e30, -9.0, 0.0, 9.0, 1e30, np.inf] * 10], np.float32)
+    with np.errstate(invalid="ignore"):  # gelu(-inf) = -inf * 0 = NaN in both
+        np.testing.assert_array_equal(_direct(kernels.gelu_kernel, big), ref.gelu(big))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 512), (7, 33), (3, 4, 100), (1500, 512)], ids=str)
+def test_layer_norm(shape: tuple[int, ...], n_threads: int) -> None:
+    x = _rand(shape, seed=1) + np.float32(5.0)  # a mean far from 0, as residual streams have
+    g, b = _rand(shape[-1:], 1.0, seed=2), _rand(shape[-1:], 1.0, seed=3)
+    want = ref.layer_norm(x, g, b, 1e-5)
+    got = _direct(kernels.layer_norm_kernel, x, g, b, 1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ops.layer_norm(x, g, b, 1e-5), want, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_broadcast_falls_back() -> None:
+    x = _rand((4, 64))
+    g = np.ones((1, 64), np.float32)  # not (D,): only the reference broadcasts it
+    np.testing.assert_array_equal(ops.layer_norm(x, g, g[0]), ref.layer_norm(x, g, g[0]))
+
+
+def test_backend_numpy_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NPASR_BACKEND=numpy gives exactly the reference and never enters a kernel."""
+    x = _rand((4, 150, 70))
+    assert x.size >= ops.KERNEL_MIN_SIZE  # the default path below is the kernel
+    g, b = _rand((70,), 1.0, 1), _rand((70,), 1.0, 2)
+    fast = (ops.softmax(x), ops.gelu(x), ops.layer_norm(x, g, b))
+
+    def boom(*_: object) -> None:
+        raise AssertionError("kernel called with NPASR_BACKEND=numpy")
+
+    monkeypatch.setenv("NPASR_BACKEND", "numpy")
+    for name in ("softmax_kernel", "gelu_kernel", "layer_norm_kernel"):
+        monkeypatch.setattr(kernels, name, boom)
+    slow = (ops.softmax(x), ops.gelu(x), ops.layer_norm(x, g, b))
+    np.testing.assert_array_equal(slow[0], ref.softmax(x))
+    np.testing.assert_array_equal(slow[1], ref.gelu(x))
+    np.testing.assert_array_equal(slow[2], ref.layer_norm(x, g, b))
+    for a, s, tol in zip(fast, slow, (1e-6, 1e-6, 1e-5), strict=True):
+        np.testing.assert_allclose(a, s, rtol=tol, atol=tol)
+
+
+_NO_JIT_SCRIPT = """
+import numpy as np
+from npasr.nn import kernels, ref
+rng = np.random.default_rng(0)
+x = (rng.standard_normal((3, 70)) * 4).astype(np.float32)
+g, b = rng.standard_normal((2, 70)).astype(np.float32)
+for k, want, args, tol in [
+    (kernels.softmax_kernel, ref.softmax(x), (), 1e-6),
+    (kernels.gelu_kernel, ref.gelu(x), (), 1e-6),
+    (kernels.layer_norm_kernel, ref.layer_norm(x, g, b), (g, b, 1e-5), 1e-5),
+]:
+    out = np.empty_like(x)
+    k(out, x, *args)
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+print("ok")
+"""
+
+
+def test_python_path_with_jit_disabled() -> None:
+    """NUMBA_DISABLE_JIT=1 runs the kernels as Python (prange = range): same contract."""
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_JIT_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
