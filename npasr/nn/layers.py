@@ -51,7 +51,7 @@ class LayerNorm:
         return cls(w.f32("weight"), w.f32("bias"))
 
     def __call__(self, x: F32) -> F32:
-        return ref.layer_norm(x, self.weight, self.bias, self.eps)
+        return ops.layer_norm(x, self.weight, self.bias, self.eps)
 
 
 @dataclass

@@ -58,7 +58,7 @@ class MultiHeadAttention:
 
     def __call__(self, x: F32, k: F32, v: F32, mask: F32 | None = None) -> F32:
         q = _split_heads(self.query(x), self.n_head)  # (..., H, Tq, Dh)
-        return self.out(_merge_heads(ref.attention(q, k, v, mask)))
+        return self.out(_merge_heads(ops.attention(q, k, v, mask)))
 
 
 @dataclass
@@ -71,7 +71,7 @@ class MLP:
         return cls(Linear.load(w.sub(0)), Linear.load(w.sub(2)))
 
     def __call__(self, x: F32) -> F32:
-        return self.fc2(ref.gelu(self.fc1(x)))
+        return self.fc2(ops.gelu(self.fc1(x)))
 
 
 @dataclass
@@ -119,8 +119,8 @@ class AudioEncoder:
 
     def __call__(self, mel: F32) -> F32:
         """mel (n_mels, 3000) -> audio features (n_audio_ctx, D)."""
-        x = ref.gelu(self.conv1(mel))
-        x = ref.gelu(self.conv2(x)).T  # (T, D)
+        x = ops.gelu(self.conv1(mel))
+        x = ops.gelu(self.conv2(x)).T  # (T, D)
         if x.shape != self.positional_embedding.shape:
             raise ValueError(
                 f"encoder input gives {x.shape}, expected {self.positional_embedding.shape}"
