@@ -18,7 +18,7 @@ import numpy as np
 from npasr.io.gguf import RawTensor
 from npasr.io.weights import Weights
 from npasr.models.whisper.config import WhisperConfig
-from npasr.nn import ops, ref
+from npasr.nn import ops
 from npasr.nn.layers import Conv1d, LayerNorm, Linear
 from npasr.nn.quant import QTensor
 from npasr.types import F32, ModelFileError
