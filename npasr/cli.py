@@ -107,6 +107,12 @@ _DECODE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("no-speech-threshold", dict(type=_FLOAT, default=0.6, metavar="F",
                                  help="P(no speech) above which a failed window is silent")),
     ("without-timestamps", dict(action="store_true", help="text only, no segment timestamps")),
+    # CTC models (GigaAM): prefix beam search and an ARPA word n-gram by shallow fusion
+    ("ctc-beam-size", dict(type=_INT, default=None, metavar="N",
+                           help="CTC prefix beam search width; unset: greedy (16 with --lm)")),
+    ("lm", dict(dest="lm_path", default=None, metavar="PATH", help="ARPA n-gram (CTC models)")),
+    ("lm-alpha", dict(type=float, default=0.5, metavar="F", help="LM weight (ln P per word)")),
+    ("lm-beta", dict(type=float, default=1.0, metavar="F", help="bonus per word with --lm")),
 ]  # fmt: skip
 
 
@@ -183,7 +189,7 @@ def _transcribe_one(model: Any, path: str, args: argparse.Namespace, opts: dict[
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    dests = [name.replace("-", "_") for name, _ in _DECODE_FLAGS]
+    dests = [kw.get("dest", name.replace("-", "_")) for name, kw in _DECODE_FLAGS]
     opts = {d: getattr(args, d) for d in dests if d != "temperature_increment_on_fallback"}
     opts["temperature"] = temperatures(args.temperature, args.temperature_increment_on_fallback)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -240,6 +246,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _warmup(args: argparse.Namespace) -> int:
+    from npasr.nn import ops
+
+    print(f"warmup: kernels compiled or loaded from cache in {ops.warmup():.2f} s")
     t0 = time.perf_counter()
     model = npasr.load_model(args.model, threads=args.threads)
     t1 = time.perf_counter()

@@ -172,3 +172,28 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None) -> F32:
     if mask is not None:
         s += mask
     return softmax(s) @ v
+
+
+def warmup() -> float:
+    """Compile (or load from Numba's on-disk cache) every kernel, on tiny inputs; returns seconds.
+
+    `npasr warmup` calls this once after installation so that the first transcription does not
+    pay for compilation.
+    """
+    import time
+
+    from npasr.io.gguf import GGMLType
+    from npasr.nn.quant import quantize
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    for qtype in (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K):
+        w = quantize(rng.standard_normal((16, 256)).astype(np.float32), qtype)
+        linear(rng.standard_normal((1, 256)).astype(np.float32), w)  # fused GEMV
+        linear(rng.standard_normal((GEMV_MAX_ROWS + 1, 256)).astype(np.float32), w)  # tiles
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    out = np.empty_like(x)
+    kernels.softmax_kernel(out, x)
+    kernels.gelu_kernel(out, x)
+    kernels.layer_norm_kernel(out, x, x[0].copy(), x[1].copy(), 1e-5)
+    return time.perf_counter() - t0
