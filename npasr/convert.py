@@ -1,7 +1,8 @@
 """Checkpoint -> GGUF conversion: detect the model family of a source, then write npasr GGUF.
 
-Only Whisper for now (CTranslate2 directory, openai .pt, Hugging Face directory); the GGUF
-conventions are in weights/README.md.
+Whisper (CTranslate2 directory, openai .pt, Hugging Face directory) and GigaAM (official .ckpt);
+the GGUF conventions are in weights/README.md. Weight types: f32, f16, q8_0, q4_0, q4_k, with the
+per-tensor rule of `npasr.io.weights.storage_for`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from npasr.io.weights import check_wtype
 from npasr.types import ModelFileError
 
 Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
@@ -27,6 +29,7 @@ def convert(
     for p in paths:
         if not p.exists():
             raise ModelFileError(f"{p}: no such file or directory")
+    check_wtype(wtype)  # before the load, so a bad --type fails fast
     if detect_family(paths[0]) == "gigaam":
         from npasr.models.gigaam import weights as gigaam  # noqa: PLC0415
 
@@ -39,7 +42,6 @@ def convert(
             "(CTranslate2 directory with model.bin, Hugging Face directory with config.json + "
             "model.safetensors, openai .pt)"
         )
-    whisper.check_wtype(wtype)  # before the load, so a bad --type fails fast
     source = whisper.load_source(paths if len(paths) > 1 else paths[0], tokenizer=tokenizer)
     return whisper.save_gguf(source, out, wtype)
 

@@ -359,3 +359,47 @@ def test_python_dash_m_help():
     assert proc.returncode == 0, proc.stderr
     for command in ("transcribe", "models", "convert", "warmup"):
         assert command in proc.stdout
+
+
+class FakeCTCModel(FakeModel):
+    """A GigaAM-like signature: language, CTC beam and LM options only."""
+
+    is_multilingual = False
+
+    def transcribe(self, audio, *, language=None, ctc_beam_size=None, lm_path=None,
+                   lm_alpha=0.5, lm_beta=1.0, progress_callback=None):  # fmt: skip
+        self.calls.append(dict(language=language, ctc_beam_size=ctc_beam_size, lm_path=lm_path,
+                               lm_alpha=lm_alpha, lm_beta=lm_beta))  # fmt: skip
+        return TranscriptionResult(
+            text=" a", segments=[Segment(0, 0, 0.0, 1.0, " a")], language="ru"
+        )
+
+
+def test_lm_flags_reach_a_ctc_model_and_not_whisper(model, tmp_path, monkeypatch):
+    wav = _audio(tmp_path, "a.wav", "1")
+    argv = [
+        "transcribe",
+        wav,
+        "-o",
+        str(tmp_path),
+        "-f",
+        "txt",
+        "--verbose",
+        "False",
+        "--lm",
+        "words.arpa",
+        "--lm-alpha",
+        "0.7",
+        "--lm_beta",
+        "2",
+        "--ctc-beam-size",
+        "4",
+    ]
+    ctc_model = FakeCTCModel()
+    monkeypatch.setattr(npasr, "load_model", lambda *a, **k: ctc_model, raising=False)
+    assert cli.main(argv) == 0
+    assert ctc_model.calls == [dict(language=None, ctc_beam_size=4, lm_path="words.arpa",
+                                    lm_alpha=0.7, lm_beta=2.0)]  # fmt: skip
+    monkeypatch.setattr(npasr, "load_model", lambda *a, **k: model, raising=False)
+    assert cli.main(argv) == 0  # whisper's transcribe has no LM options: they are not passed
+    assert "lm_path" not in model.calls[0] and model.calls[0]["beam_size"] == 5

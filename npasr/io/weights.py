@@ -98,7 +98,8 @@ QUANT_WTYPES = {"q8_0": GGMLType.Q8_0, "q4_0": GGMLType.Q4_0, "q4_k": GGMLType.Q
 
 def check_wtype(wtype: str) -> None:
     if wtype not in FILE_TYPES:
-        raise ModelFileError(f"unknown weight type {wtype!r}; choose one of {', '.join(FILE_TYPES)}")
+        choices = ", ".join(FILE_TYPES)
+        raise ModelFileError(f"unknown weight type {wtype!r}; choose one of {choices}")
 
 
 def storage_for(

@@ -45,11 +45,6 @@ class ConformerConfig:
         return self.d_model // self.n_heads
 
 
-def _pointwise(w: Weights, bias: bool) -> Linear:
-    """A kernel-1 Conv1d (Cout, Cin, 1) used as a Linear on (T, Cin) rows."""
-    return Linear(w.f32("weight")[:, :, 0], w.f32("bias") if bias else None)
-
-
 @dataclass
 class FeedForward:
     linear1: Linear  # (D * ff, D)
@@ -76,10 +71,10 @@ class ConvModule:
         b, dw = cfg.use_bias, w.sub("depthwise_conv")
         norm = w.sub("batch_norm")
         return cls(
-            _pointwise(w.sub("pointwise_conv1"), b),
+            Linear.load(w.sub("pointwise_conv1"), bias=b),  # kernel-1 Conv1d as a Linear
             (dw.f32("weight"), dw.f32("bias") if b else None),
             LayerNorm.load(norm) if cfg.conv_norm_type == "layer_norm" else BatchNorm1d.load(norm),
-            _pointwise(w.sub("pointwise_conv2"), b),
+            Linear.load(w.sub("pointwise_conv2"), bias=b),
         )
 
     def __call__(self, x: F32) -> F32:  # (T, D) -> (T, D)

@@ -159,3 +159,34 @@ def test_hostile_pickle_in_the_cfg_slot_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafeCheckpointError, match="posix.system"):
         convert(bad, tmp_path / "x.gguf")
     assert not marker.exists()
+
+
+def _arpa(path: Path, words: list[str]) -> Path:
+    """A unigram ARPA over `words` (uniform), plus the specials."""
+    lines = ["\\data\\", f"ngram 1={len(words) + 3}", "", "\\1-grams:", "-99\t<s>\t0",
+             "-1\t</s>", "-3\t<unk>", *[f"-1\t{w}" for w in words], "", "\\end\\"]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_ctc_lm_fusion_through_transcribe(models: dict[str, GigaAMModel], audio: np.ndarray,
+                                          tmp_path: Path) -> None:  # fmt: skip
+    m = models["tiny_v3_ctc"]
+    enc = m.model.encode(m.model.features(audio))
+    greedy_text = m.tokenizer.decode(m.decode(enc)[0])
+    lm_path = _arpa(tmp_path / "lm.arpa", sorted(set(greedy_text.split()))[:5])
+    # alpha = beta = 0: the LM changes nothing
+    plain = m.decode(enc, beam_size=4)
+    assert m.decode(enc, beam_size=4, lm=m.word_lm(lm_path, 0.0, 0.0)) == plain
+    # a strong word bonus makes more words (spaces) than the plain beam, a penalty fewer
+    space = m.tokenizer.tokens.index(" ")
+    more = m.decode(enc, beam_size=4, lm=m.word_lm(lm_path, 0.0, 20.0))[0]
+    fewer = m.decode(enc, beam_size=4, lm=m.word_lm(lm_path, 0.0, -20.0))[0]
+    assert more.count(space) >= plain[0].count(space) >= fewer.count(space)
+    assert more.count(space) > fewer.count(space)
+    res = m.transcribe(audio, lm_path=str(lm_path), lm_alpha=0.5, lm_beta=1.0)
+    assert res.text and res.segments
+    with pytest.raises(ValueError, match="RNN-T"):
+        models["tiny_v3_rnnt"].transcribe(audio, lm_path=str(lm_path))
+    with pytest.raises(ModelFileError, match="no such"):
+        m.transcribe(audio, lm_path=str(tmp_path / "absent.arpa"))

@@ -19,6 +19,7 @@ import numpy as np
 
 from npasr.audio.io import load_audio
 from npasr.decoding import ctc, transducer
+from npasr.decoding.lm import load_arpa
 from npasr.io.gguf import GGUFFile, read_gguf
 from npasr.models.gigaam.config import GigaAMConfig
 from npasr.models.gigaam.model import GigaAM
@@ -26,6 +27,7 @@ from npasr.types import F32, ModelFileError, Segment, TranscriptionResult
 
 SEGMENT_GAP_S = 1.0  # a pause this long between words starts a new segment
 SEGMENT_MAX_S = 15.0  # ... and so does a segment growing longer than this
+LM_BEAM_SIZE = 16  # CTC beam when an LM is given without a beam size
 
 
 class Tokenizer:
@@ -77,10 +79,7 @@ class GigaAMModel:
             raise ModelFileError(f"{f.path}: vocabulary does not have num_classes - 1 tokens")
         sp = f.get("tokenizer.sentencepiece.model")
         blob = None if sp is None else np.asarray(sp, np.uint8).tobytes()
-        tensors = {k: v for k, v in f.tensors.items() if isinstance(v, np.ndarray)}
-        if len(tensors) != len(f.tensors):
-            raise ModelFileError(f"{f.path}: quantized GigaAM tensors are not supported yet")
-        model = GigaAM.load(tensors, cfg, origin=str(f.path))
+        model = GigaAM.load(f.tensors, cfg, origin=str(f.path))  # quantized matrices stay so
         return cls(model, Tokenizer(tokens, blob), name=str(f.get("general.name", "gigaam")))
 
     # ------------------------------------------------------------------ encoder over any length
@@ -114,39 +113,55 @@ class GigaAMModel:
     # ------------------------------------------------------------------------------ decoding
 
     def decode(self, enc: F32, *, beam_size: int | None = None, max_symbols: int = 10,
-               ) -> tuple[list[int], list[int]]:  # fmt: skip
-        """Token ids and their frames. CTC: greedy, or prefix beam search when beam_size > 1.
-        RNN-T: greedy (beam_size is ignored)."""
+               lm: ctc.WordLM | None = None) -> tuple[list[int], list[int]]:  # fmt: skip
+        """Token ids and their frames. CTC: greedy, or prefix beam search when beam_size > 1 or
+        an LM is given (shallow fusion). RNN-T: greedy (beam_size is ignored, lm refused)."""
         blank = self.config.blank_id
         if self.config.head == "ctc":
             lp = self.model.log_probs(enc)
-            r = (ctc.prefix_beam_search(lp, blank, beam_size) if beam_size and beam_size > 1
-                 else ctc.greedy(lp, blank))  # fmt: skip
+            if lm is not None or (beam_size and beam_size > 1):
+                r = ctc.prefix_beam_search(lp, blank, beam_size or LM_BEAM_SIZE, lm=lm)
+            else:
+                r = ctc.greedy(lp, blank)
             return r.tokens, r.frames
+        if lm is not None:
+            raise ValueError("an n-gram LM fuses into CTC beam search; this is an RNN-T model")
         proj = self.model.joint_enc(enc)  # (T, J): the encoder half of the joint, once
         t = transducer.greedy(proj, self.model.predict, self.model.joint, blank,
                               max_symbols=max_symbols)  # fmt: skip
         return t.tokens, t.frames
 
+    def word_lm(self, path: str | Path, alpha: float = 0.5, beta: float = 1.0) -> ctc.WordLM:
+        """An ARPA word LM over this model's vocabulary (words end at ' ' or start at '\u2581')."""
+        if self.config.head != "ctc":
+            raise ValueError("an n-gram LM fuses into CTC beam search; this is an RNN-T model")
+        return ctc.WordLM(load_arpa(str(path)), self.tokenizer.tokens, alpha, beta)
+
     def transcribe(self, audio: Any, *, language: str | None = None,
-                   ctc_beam_size: int | None = None, chunk_s: float = 24.0, overlap_s: float = 4.0,
+                   ctc_beam_size: int | None = None, lm_path: str | Path | None = None,
+                   lm_alpha: float = 0.5, lm_beta: float = 1.0,
+                   chunk_s: float = 24.0, overlap_s: float = 4.0,
                    progress_callback: Callable[[float, float], None] | None = None,
                    ) -> TranscriptionResult:  # fmt: skip
         """Transcribe a path, bytes, '-' (stdin) or a 16 kHz float32 array; Russian only.
 
         Greedy decoding as the official code, unless `ctc_beam_size` > 1 (CTC prefix beam
         search; named apart from whisper's `beam_size` so the CLI default of 5 stays greedy here).
+        `lm_path` (an ARPA word n-gram, CTC models only) adds shallow fusion: a prefix ranks by
+        its CTC log-prob + `lm_alpha` * ln P_lm(words) + `lm_beta` * word count; the beam is
+        `ctc_beam_size` or LM_BEAM_SIZE.
 
         Segments split at pauses of SEGMENT_GAP_S or when longer than SEGMENT_MAX_S; times come
         from the frames where tokens were emitted (40 ms grid).
         """
         if language not in (None, "ru", "russian", "Russian"):
             raise ValueError(f"GigaAM transcribes Russian only, not {language!r}")
+        lm = None if lm_path is None else self.word_lm(lm_path, lm_alpha, lm_beta)  # fail early
         x = audio if isinstance(audio, np.ndarray) and audio.dtype == np.float32 and \
             audio.ndim == 1 else load_audio(audio)  # fmt: skip
         enc = self.encode(x, chunk_s=chunk_s, overlap_s=overlap_s,
                           progress_callback=progress_callback)  # fmt: skip
-        tokens, frames = self.decode(enc, beam_size=ctc_beam_size)
+        tokens, frames = self.decode(enc, beam_size=ctc_beam_size, lm=lm)
         segments = self._segments(tokens, frames)
         return TranscriptionResult(self.tokenizer.decode(tokens).strip(), segments, "ru")
 

@@ -8,11 +8,13 @@ D = d_model, P = pred_hidden, J = joint_hidden, C = num_classes (vocabulary + bl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from npasr.audio.features import log_mel
+from npasr.io.gguf import RawTensor
 from npasr.io.weights import Weights
 from npasr.models.conformer import ConformerStack
 from npasr.models.gigaam.config import GigaAMConfig
@@ -76,8 +78,7 @@ class CTCHead:
 
     @classmethod
     def load(cls, w: Weights) -> CTCHead:
-        c = w.sub("decoder_layers").sub(0)
-        return cls(Linear(c.f32("weight")[:, :, 0], c.f32("bias")))
+        return cls(Linear.load(w.sub("decoder_layers").sub(0)))
 
     def __call__(self, enc: F32) -> F32:  # (T, D) -> log-probs (T, C)
         return ref.log_softmax(self.decoder_layers(enc), axis=-1)
@@ -133,8 +134,8 @@ class GigaAM:
     head: CTCHead | RNNTHead
 
     @classmethod
-    def load(cls, tensors: dict[str, np.ndarray], cfg: GigaAMConfig, origin: str = "gigaam",
-             ) -> GigaAM:  # fmt: skip
+    def load(cls, tensors: Mapping[str, np.ndarray | RawTensor], cfg: GigaAMConfig,
+             origin: str = "gigaam") -> GigaAM:  # fmt: skip
         w = Weights(tensors, origin=origin)
         enc = w.sub("encoder")
         head: CTCHead | RNNTHead = (CTCHead.load(w.sub("head")) if cfg.head == "ctc"

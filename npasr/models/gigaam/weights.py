@@ -14,6 +14,7 @@ GGUF stores them unchanged; the only source-side drop is BatchNorm's `num_batche
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from npasr.io.gguf import write_gguf
 from npasr.io.torch_zip import load_torch_checkpoint
-from npasr.io.weights import check_names_and_shapes
+from npasr.io.weights import FILE_TYPES, check_names_and_shapes, check_wtype, storage_for
 from npasr.models.gigaam.config import GigaAMConfig
 from npasr.types import ModelFileError
 
@@ -199,18 +200,21 @@ def expected_shapes(cfg: GigaAMConfig) -> dict[str, tuple[int, ...]]:
     return s
 
 
-FILE_TYPES = {"f32": 0, "f16": 1}  # general.file_type (llama_ftype ALL_F32 / MOSTLY_F16)
+# Never quantized: the mel buffers (kept f32 too: filterbank entries near zero would lose
+# precision in f16), the subsampling convolutions (they see raw features), the prediction net
+# (embedding rows and LSTM, read as float), and the output layers whose logits decide every token
+# (CTC `decoder_layers`, `joint_net`; both tiny). Everything else that is a matrix (attention,
+# feed-forward, pointwise convolutions, `joint.enc/pred`, v2 `pre_encode.out`) is quantized.
+_KEEP_FLOAT = re.compile(
+    r"^preprocessor\.|pre_encode\.conv\.|^head\.decoder\.|^head\.decoder_layers\.|joint_net\."
+)
+_KEEP_F32 = re.compile(r"^preprocessor\.")
 
 
 def save_gguf(src: GigaAMSource, out: str | os.PathLike[str], wtype: str = "f16") -> Path:
-    """f16 stores matrices and kernels (ndim >= 2) in f16; 1-D tensors and the mel buffers stay
-    f32 (filterbank entries near zero would lose precision in f16)."""
-    if wtype not in FILE_TYPES:
-        raise ModelFileError(f"unknown weight type {wtype!r} for GigaAM; choose f32 or f16")
-    tensors = {}
-    for name, a in src.tensors.items():
-        half = wtype == "f16" and a.ndim >= 2 and not name.startswith("preprocessor.")
-        tensors[name] = np.ascontiguousarray(a, dtype=np.float16 if half else np.float32)
+    """Per-tensor storage by `npasr.io.weights.storage_for` (f32, f16, q8_0, q4_0, q4_k)."""
+    check_wtype(wtype)
+    tensors = {n: storage_for(n, a, wtype, _KEEP_FLOAT, _KEEP_F32) for n, a in src.tensors.items()}
     meta: dict[str, Any] = {
         "general.name": src.source.split(":", 1)[-1],
         "general.file_type": FILE_TYPES[wtype],
