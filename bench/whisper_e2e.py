@@ -195,11 +195,21 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
+def _engine_env(spec: dict) -> dict[str, str]:
+    env = thread_env(spec["threads"])
+    if spec["engine"].startswith("npasr"):
+        # what `import npasr` sets when it loads before NumPy (as in the CLI); this child
+        # imports NumPy first, so pass them in. Users' own settings still win.
+        env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
 def spawn(spec: dict, timeout: float) -> list[dict]:
     """Run one child, stream its results, kill it after `timeout` s (finished runs are kept)."""
     cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
     p = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, text=True, env=thread_env(spec["threads"]), cwd=C.REPO
+        cmd, stdout=subprocess.PIPE, text=True, env=_engine_env(spec), cwd=C.REPO
     )
     timer = threading.Timer(timeout, p.kill)
     timer.start()

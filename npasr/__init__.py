@@ -7,7 +7,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# Both thread pools that npasr drives busy-wait after each call by default: OpenBLAS's pthreads
+# (until OPENBLAS_THREAD_TIMEOUT) and Numba's OpenMP workers (OMP_WAIT_POLICY). Alternating BLAS
+# GEMMs with Numba kernels on a 2-core machine, the spinning pool then holds the core the other
+# one needs, which made 2 threads slower than 1. Sleeping at once fixes that (encoder 0.49 s ->
+# 0.24 s for tiny.en). These only act if set before NumPy/Numba load, hence here; a user's own
+# settings win.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
 from typing import Any
 
 from npasr.threads import get_num_threads, set_num_threads

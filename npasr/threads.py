@@ -98,13 +98,19 @@ def _blas_controller() -> object | None:
 
 
 @contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """BLAS on one thread inside the block (Numba kernels keep their threads).
+def single_threaded() -> Iterator[None]:
+    """BLAS and Numba on one thread inside the block.
 
-    Autoregressive decoding multiplies one or a few rows at a time; there BLAS's hand-off to a
-    second thread costs more than the arithmetic, and stalls for milliseconds per call when the
-    machine is busy. Encoders (long GEMMs) run outside such a block with every thread.
+    Autoregressive decoding multiplies one or a few rows at a time; there the hand-off to a
+    second thread (BLAS's or Numba's pool) costs more than the arithmetic, the two pools' idle
+    spinning competes for the same cores, and on a busy machine each hand-off can stall for
+    milliseconds. Encoders (long GEMMs) run outside such a block with every thread.
     """
     ctl = _blas_controller()
-    with nullcontext() if ctl is None else ctl.limit(limits=1):  # type: ignore[attr-defined]
-        yield
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with nullcontext() if ctl is None else ctl.limit(limits=1):  # type: ignore[attr-defined]
+            yield
+    finally:
+        numba.set_num_threads(before)

@@ -20,7 +20,7 @@ from npasr.models.whisper.decode import (
 )
 from npasr.models.whisper.model import CrossKV, Whisper
 from npasr.models.whisper.tokenizer import WhisperTokenizer
-from npasr.threads import single_threaded_blas
+from npasr.threads import single_threaded
 from npasr.types import Segment, TranscriptionResult
 
 HOP_LENGTH = 160
@@ -41,7 +41,7 @@ def _decode_with_fallback(
 ) -> DecodingResult:
     feats = model.encoder(mel_window) if encoded is None else encoded
     cross = model.decoder.cross_kv(feats)
-    with single_threaded_blas():
+    with single_threaded():
         return _fallback_loop(
             model,
             tokenizer,
