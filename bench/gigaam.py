@@ -112,17 +112,23 @@ def child(spec: dict) -> None:
 # --- parent ---------------------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
+def _env(npasr_child: bool) -> dict[str, str]:
     env = dict(os.environ)
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[k] = str(THREADS)
+    if npasr_child:
+        # what `import npasr` sets when it loads before NumPy (as in the CLI); the child imports
+        # NumPy first, so pass them in
+        env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(C.REPO), env.get("PYTHONPATH")]))
     return env
 
 
 def spawn(python: str, spec: dict) -> dict:
     cmd = [python, __file__, "--child", json.dumps(spec)]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=C.REPO, check=False)
+    env = _env(python == sys.executable)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=C.REPO, check=False)
     for line in p.stdout.splitlines():
         if line.startswith("@@RESULT "):
             return json.loads(line[9:])
