@@ -1,0 +1,55 @@
+"""Word error rate of each weight type on the repo's real English speech (issue #3 accuracy).
+
+Every English clip of ../shared/data/manifest.tsv (the 88 s music+noise clip included), greedy,
+temperature 0, language "en"; corpus WER = total word errors / total reference words, after the
+normaliser of bench/_common.py (lower case, punctuation stripped). Also the GGUF file sizes.
+
+    python bench/quant_accuracy.py [--models tiny.en,base] [--types f16,q8_0,q4_0,q4_k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="tiny.en,base")
+    ap.add_argument("--types", default="f16,q8_0,q4_0,q4_k")
+    args = ap.parse_args()
+
+    import npasr
+    from npasr import hub
+    from npasr.audio.io import load_audio
+
+    npasr.set_num_threads(2)
+    rows = [r for r in C.read_manifest().values() if r["language"] == "en"]
+    audio = {r["file"]: load_audio(C.DATA / r["file"]) for r in rows}
+    print(f"load average {C.loadavg()}; {len(rows)} clips, "
+          f"{sum(len(C.normalize(r['transcript']).split()) for r in rows)} reference words")
+    print("| model | type | file MB | corpus WER | per clip WER |")
+    print("|---|---|---|---|---|")
+    for model in args.models.split(","):
+        for wtype in args.types.split(","):
+            path = hub.resolve(f"whisper-{model}", wtype=wtype)
+            m = npasr.load_model(path)
+            errors = words = 0
+            per = []
+            for r in rows:
+                hyp = m.transcribe(audio[r["file"]], temperature=0.0, language="en").text
+                ref = C.normalize(r["transcript"]).split()
+                e = C.word_errors(ref, C.normalize(hyp).split())
+                errors, words = errors + e, words + len(ref)
+                per.append(f"{e / max(len(ref), 1):.2f}")
+            size = Path(path).stat().st_size / 1e6
+            print(f"| {model} | {wtype} | {size:.1f} | {errors / words:.4f} | {' '.join(per)} |",
+                  flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
