@@ -127,7 +127,7 @@ def install(
     from npasr.convert import convert  # noqa: PLC0415 (keeps `import npasr.hub` light)
 
     out = gguf_path(name, wtype)
-    if out.is_file() and not force:
+    if out.is_file() and not force and _current(out):
         return out
     if source is not None:
         return convert(source, out, wtype=wtype)
@@ -135,6 +135,18 @@ def install(
     dirs = source_dirs(name)
     _verify(model, dirs)
     return convert(dirs if len(dirs) > 1 else dirs[0], out, wtype=wtype)
+
+
+def _current(path: Path) -> bool:
+    """Was this cached conversion written under the current conversion rules? (Files made by an
+    older npasr are rebuilt rather than silently used; unreadable ones too.)"""
+    from npasr.io.gguf import read_gguf  # noqa: PLC0415
+    from npasr.io.weights import FORMAT_VERSION  # noqa: PLC0415
+
+    try:
+        return read_gguf(path).get("npasr.format_version") == FORMAT_VERSION
+    except ModelFileError:
+        return False
 
 
 def resolve(name_or_path: str | os.PathLike[str], wtype: str = "f16") -> Path:
@@ -150,7 +162,7 @@ def resolve(name_or_path: str | os.PathLike[str], wtype: str = "f16") -> Path:
         st = path.stat()
         key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
         out = cache_dir() / f"local-{path.stem}-{key[:12]}-{wtype}.gguf"
-        if out.is_file():
+        if out.is_file() and _current(out):
             return out
         from npasr.convert import convert  # noqa: PLC0415
 

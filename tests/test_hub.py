@@ -106,3 +106,22 @@ def test_install_base(cache):
     _need("whisper-base")
     g = read_gguf(hub.install("whisper-base"))
     assert g.get("whisper.n_vocab") == 51865
+
+
+def test_cached_conversion_from_older_rules_is_rebuilt(tmp_path, monkeypatch):
+    """A cached GGUF written under other conversion rules (format_version) is not reused."""
+    from npasr.io.gguf import read_gguf, write_gguf  # noqa: PLC0415
+    from npasr.io.weights import FORMAT_VERSION  # noqa: PLC0415
+
+    monkeypatch.setenv("NPASR_CACHE_DIR", str(tmp_path))
+    stale = hub.gguf_path("whisper-tiny.en", "f16")
+    write_gguf(stale, "whisper", {"npasr.format_version": FORMAT_VERSION - 1}, {})
+    built = []
+    monkeypatch.setattr("npasr.convert.convert", lambda src, out, wtype: built.append(out) or out)
+    monkeypatch.setattr(hub, "_verify", lambda model, dirs: None)
+    monkeypatch.setattr(hub, "source_dirs", lambda name: [tmp_path])
+    assert hub.install("whisper-tiny.en") == stale and built == [stale]
+    write_gguf(stale, "whisper", {"npasr.format_version": FORMAT_VERSION}, {})
+    built.clear()
+    assert hub.install("whisper-tiny.en") == stale and built == []
+    assert read_gguf(stale).get("npasr.format_version") == FORMAT_VERSION

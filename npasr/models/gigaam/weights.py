@@ -24,7 +24,13 @@ import numpy as np
 
 from npasr.io.gguf import write_gguf
 from npasr.io.torch_zip import load_torch_checkpoint
-from npasr.io.weights import FILE_TYPES, check_names_and_shapes, check_wtype, storage_for
+from npasr.io.weights import (
+    FILE_TYPES,
+    FORMAT_VERSION,
+    check_names_and_shapes,
+    check_wtype,
+    storage_for,
+)
 from npasr.models.gigaam.config import GigaAMConfig
 from npasr.types import ModelFileError
 
@@ -218,7 +224,7 @@ def save_gguf(src: GigaAMSource, out: str | os.PathLike[str], wtype: str = "f16"
     meta: dict[str, Any] = {
         "general.name": src.source.split(":", 1)[-1],
         "general.file_type": FILE_TYPES[wtype],
-        "npasr.format_version": 1,
+        "npasr.format_version": FORMAT_VERSION,
         "npasr.source": src.source,
         **src.config.to_gguf(),
         "tokenizer.ggml.model": "sentencepiece" if src.sentencepiece else "chars",

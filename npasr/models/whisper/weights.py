@@ -27,6 +27,7 @@ from npasr.io.safetensors import read_safetensors
 from npasr.io.torch_zip import load_torch_checkpoint
 from npasr.io.weights import (
     FILE_TYPES,
+    FORMAT_VERSION,
     NameTable,
     apply_name_table,
     check_names_and_shapes,
@@ -417,7 +418,7 @@ def save_gguf(src: WhisperSource, out: str | os.PathLike[str], wtype: str = "f16
     meta: dict[str, object] = {
         "general.name": src.source.split(":", 1)[-1],
         "general.file_type": FILE_TYPES[wtype],
-        "npasr.format_version": 1,
+        "npasr.format_version": FORMAT_VERSION,
         "npasr.source": src.source,
         **src.config.to_gguf(),
         "tokenizer.ggml.model": "whisper",
