@@ -256,7 +256,8 @@ def cold_start(jfk: Path, threads: int, timeout: float) -> list[dict]:
     out = []
     with tempfile.TemporaryDirectory(prefix="npasr-numba-") as cache:
         env["NUMBA_CACHE_DIR"] = cache
-        cmd = [sys.executable, "-m", "npasr", "transcribe", str(jfk), "--model", "whisper-tiny.en"]
+        cmd = [sys.executable, "-m", "npasr", "transcribe", str(jfk), "--model", "whisper-tiny.en",
+               "--output-dir", cache]  # fmt: skip
         for label in ("empty NUMBA_CACHE_DIR", "warm NUMBA_CACHE_DIR"):
             t0 = time.perf_counter()
             try:

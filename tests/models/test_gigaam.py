@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import npasr
-from npasr.audio.io import load_audio
 from npasr.convert import convert, detect_family
 from npasr.models.gigaam.asr import GigaAMModel
 from npasr.types import ModelFileError, TranscriptionResult, UnsafeCheckpointError
@@ -30,13 +29,6 @@ MEL_TOL = {"tiny_v2rel_ctc": 5e-4}
 
 def _tokenizer(name: str) -> Path | None:
     return TINY / f"{name}_tokenizer.model" if "e2e" in name else None
-
-
-@pytest.fixture(scope="module")
-def audio() -> np.ndarray:
-    if not AUDIO.is_file():
-        pytest.skip(f"speech data not found at {AUDIO}")
-    return load_audio(str(AUDIO))
 
 
 @pytest.fixture(scope="module")

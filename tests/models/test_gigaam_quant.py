@@ -18,32 +18,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npasr.audio.io import load_audio
 from npasr.convert import convert
 from npasr.io.gguf import GGMLType, RawTensor, read_gguf
 from npasr.models.gigaam.asr import GigaAMModel
 from npasr.nn.quant import QTensor
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "tiny"
-AUDIO = REPO.parent / "shared" / "data" / "ru_sherpa-qwen3-ru1.wav"
+from .test_gigaam import TINY, _tokenizer
+
 LP_TOL = 0.05  # Q8_0 vs f32 log-probs of the tiny models (measured max 0.024, see above)
 # the matrices a quantized GigaAM file quantizes (when the width fits the block)
 QUANTIZED = re.compile(
     r"(feed_forward[12]\.linear[12]|self_attn\.linear_(q|k|v|out|pos)|conv\.pointwise_conv[12]"
     r"|pre_encode\.out|joint\.(enc|pred))\.weight$"
 )
-
-
-def _tokenizer(name: str) -> Path | None:
-    return TINY / f"{name}_tokenizer.model" if "e2e" in name else None
-
-
-@pytest.fixture(scope="module")
-def audio() -> np.ndarray:
-    if not AUDIO.is_file():
-        pytest.skip(f"speech data not found at {AUDIO}")
-    return load_audio(str(AUDIO))
 
 
 @pytest.fixture(scope="module")
