@@ -172,9 +172,19 @@ def _transcribe_one(model: Any, path: str, args: argparse.Namespace, opts: dict[
         if bar is not None:
             bar.update(round(min(done, total), 2) - bar.n)
 
+    def show(seg: Any) -> None:
+        line = f"[{format_timestamp(seg.start)} --> {format_timestamp(seg.end)}] {seg.text}"
+        if bar is not None:
+            bar.write(line, file=sys.stdout)  # above the bar, as the segments arrive
+        else:
+            _print(line)
+
     # each family takes the whisper options it has (GigaAM: language only); drop the rest
     accepted = inspect.signature(model.transcribe).parameters
     opts = {k: v for k, v in opts.items() if k in accepted}
+    live = args.verbose and "segment_callback" in accepted
+    if live:
+        opts["segment_callback"] = show
     try:
         result = model.transcribe(audio, progress_callback=progress, **opts)
     finally:
@@ -183,8 +193,9 @@ def _transcribe_one(model: Any, path: str, args: argparse.Namespace, opts: dict[
     if args.verbose:
         if args.language is None and model.is_multilingual:  # as whisper: only if it detected
             _print(f"Detected language: {LANGUAGES.get(result.language, result.language).title()}")
-        for seg in result.segments:
-            _print(f"[{format_timestamp(seg.start)} --> {format_timestamp(seg.end)}] {seg.text}")
+        if not live:
+            for seg in result.segments:
+                show(seg)
     write_result(result, "stdin" if path == "-" else path, args.output_dir, args.output_format)
 
 

@@ -403,3 +403,22 @@ def test_lm_flags_reach_a_ctc_model_and_not_whisper(model, tmp_path, monkeypatch
     monkeypatch.setattr(npasr, "load_model", lambda *a, **k: model, raising=False)
     assert cli.main(argv) == 0  # whisper's transcribe has no LM options: they are not passed
     assert "lm_path" not in model.calls[0] and model.calls[0]["beam_size"] == 5
+
+
+class FakeLiveModel(FakeModel):
+    """Whisper's signature with `segment_callback`: segments are printed as they arrive."""
+
+    def transcribe(self, audio, *, language=None, progress_callback=None, segment_callback=None):
+        seg = Segment(0, 0, 0.0, 1.0, " live")
+        segment_callback(seg)
+        return TranscriptionResult(text=" live", segments=[seg], language="en")
+
+
+def test_segments_print_live_once_when_the_model_streams_them(tmp_path, monkeypatch, capsys):
+    wav = _audio(tmp_path, "a.wav", "1")
+    live = FakeLiveModel()
+    monkeypatch.setattr(npasr, "load_model", lambda *a, **k: live, raising=False)
+    monkeypatch.setattr(npasr.audio.io, "load_audio", fake_load_audio)
+    assert cli.main(["transcribe", wav, "-o", str(tmp_path), "-f", "txt", "--language", "en"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[00:00.000 --> 00:01.000]  live") == 1

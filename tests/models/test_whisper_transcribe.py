@@ -104,3 +104,16 @@ def test_empty_silent_and_noise_audio(tiny_en_gguf) -> None:
     assert empty.text == "" and empty.segments == []
     silent = m.transcribe(np.zeros(16000 * 3, np.float32), temperature=0.0)
     assert silent.text.strip() == ""
+
+
+@pytest.mark.weights
+def test_segment_callback_streams_the_result_segments(tiny_en_gguf) -> None:
+    from npasr.models.whisper.asr import WhisperModel
+
+    from ..conftest import JFK
+
+    got = []
+    r = WhisperModel.from_gguf(tiny_en_gguf).transcribe(
+        JFK, temperature=0.0, segment_callback=got.append
+    )
+    assert got == r.segments and len(got) >= 2

@@ -15,7 +15,7 @@ from npasr.models.whisper.config import WhisperConfig
 from npasr.models.whisper.languages import language_code
 from npasr.models.whisper.model import Whisper
 from npasr.models.whisper.tokenizer import WhisperTokenizer
-from npasr.types import ModelFileError, TranscriptionResult
+from npasr.types import ModelFileError, Segment, TranscriptionResult
 
 
 class WhisperModel:
@@ -98,6 +98,7 @@ class WhisperModel:
         without_timestamps: bool = False,
         max_initial_timestamp: float | None = 1.0,
         progress_callback: Callable[[float, float], None] | None = None,
+        segment_callback: Callable[[Segment], None] | None = None,
     ) -> TranscriptionResult:
         """Transcribe a path, bytes, '-' (stdin) or a 16 kHz float32 array.
 
@@ -127,4 +128,5 @@ class WhisperModel:
             without_timestamps=without_timestamps,
             max_initial_timestamp=max_initial_timestamp,
             progress_callback=progress_callback,
+            segment_callback=segment_callback,
         )

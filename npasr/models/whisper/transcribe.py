@@ -114,8 +114,12 @@ def transcribe(
     without_timestamps: bool = False,
     max_initial_timestamp: float | None = 1.0,
     progress_callback: Callable[[float, float], None] | None = None,
+    segment_callback: Callable[[Segment], None] | None = None,
 ) -> TranscriptionResult:
-    """Transcribe 16 kHz mono float32 audio of any length."""
+    """Transcribe 16 kHz mono float32 audio of any length.
+
+    `segment_callback(segment)` is called with each segment as soon as its window is decoded.
+    """
     cfg = model.config
     if task not in ("transcribe", "translate"):
         raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
@@ -196,6 +200,8 @@ def transcribe(
             s.id = len(segments)
             segments.append(s)
             all_tokens.extend(s.tokens)
+            if segment_callback is not None:
+                segment_callback(s)
         if not condition_on_previous_text or result.temperature > 0.5:
             prompt_reset_since = len(all_tokens)
         _report(progress_callback, seek, content_frames, total_seconds)
