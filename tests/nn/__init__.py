@@ -1,0 +1,22 @@
+"""Shared helpers of the kernel tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def assert_runs_without_jit(script: str) -> None:
+    """Run `script` in a fresh Python with NUMBA_DISABLE_JIT=1 (kernels run as plain Python,
+    prange = range); it must print "ok"."""
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]

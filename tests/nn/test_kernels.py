@@ -12,15 +12,13 @@ Tolerances, measured max errors in brackets (float32 inputs from default_rng(0))
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from npasr import threads
 from npasr.nn import kernels, ops, ref
+
+from . import assert_runs_without_jit
 
 SHAPES = [(1, 1), (1, 64), (3, 1, 7), (2, 33, 100), (5, 1500), (8, 31, 1500)]
 
@@ -140,15 +138,4 @@ print("ok")
 
 def test_python_path_with_jit_disabled() -> None:
     """NUMBA_DISABLE_JIT=1 runs the kernels as Python (prange = range): same contract."""
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run(
-        [sys.executable, "-c", _NO_JIT_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+    assert_runs_without_jit(_NO_JIT_SCRIPT)

@@ -14,9 +14,6 @@ one; measured errors are ~100x below it (~1e-7 relative).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -26,6 +23,8 @@ from npasr import threads
 from npasr.io.gguf import GGMLType
 from npasr.nn import ops, quant, ref
 from npasr.nn.quant import QTensor
+
+from . import assert_runs_without_jit
 
 FUSED = [
     GGMLType.Q8_0,
@@ -161,15 +160,4 @@ print("ok")
 
 def test_python_path_with_jit_disabled() -> None:
     """NUMBA_DISABLE_JIT=1 runs the kernels as Python (prange = range): same contract."""
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run(
-        [sys.executable, "-c", _NO_JIT_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+    assert_runs_without_jit(_NO_JIT_SCRIPT)
