@@ -130,7 +130,7 @@ def test_long_file_matches_openai_golden(model_and_short) -> None:
 
 @pytest.mark.weights
 @pytest.mark.reference
-def test_live_parity_with_openai_whisper(model_and_short, tmp_path) -> None:
+def test_live_parity_with_openai_whisper(model_and_short, tmp_path, data_dir) -> None:
     """Same weights written to a .pt here, openai-whisper run live: full logits and transcripts."""
     torch = pytest.importorskip("torch")
     whisper = pytest.importorskip("whisper")
@@ -163,7 +163,7 @@ def test_live_parity_with_openai_whisper(model_and_short, tmp_path) -> None:
         assert o.text == r["text"], kw
         assert [s.tokens for s in o.segments] == [s["tokens"] for s in r["segments"]], kw
     if m.is_multilingual:  # language detection and translation on Russian speech
-        ru = load_audio(REPO.parent / "shared" / "data" / "ru_sherpa-qwen3-ru1.wav")
+        ru = load_audio(data_dir / "ru_sherpa-qwen3-ru1.wav")
         ru_mel = pad_or_trim(log_mel_whisper(ru, ref.dims.n_mels), 3000)
         with torch.no_grad():
             _, ref_probs = ref.detect_language(torch.from_numpy(ru_mel))
