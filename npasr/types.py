@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 F32 = npt.NDArray[np.float32]
+F16 = npt.NDArray[np.float16]
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 

@@ -139,14 +139,25 @@ def softmax_kernel(out: np.ndarray, x: np.ndarray) -> None:
             orow[j] *= inv
 
 
+@nb.njit(**_JIT)
+def _gelu_row(orow: np.ndarray, xr: np.ndarray) -> None:
+    for j in range(xr.shape[0]):
+        v = xr[j]
+        orow[j] = _f(0.5) * v * (_f(1.0) + _erf(v * SQRT1_2))
+
+
 @nb.njit(parallel=True, **_JIT)
 def gelu_kernel(out: np.ndarray, x: np.ndarray) -> None:
     """out (R, C) = exact-erf GELU of x (R, C); `ref.gelu`."""
     for r in nb.prange(x.shape[0]):
-        xr, orow = x[r], out[r]
-        for j in range(xr.shape[0]):
-            v = xr[j]
-            orow[j] = _f(0.5) * v * (_f(1.0) + _erf(v * SQRT1_2))
+        _gelu_row(out[r], x[r])
+
+
+@nb.njit(**_JIT)
+def gelu_serial_kernel(out: np.ndarray, x: np.ndarray) -> None:
+    """`gelu_kernel` on the calling thread only (small decoder inputs: no worker hand-off)."""
+    for r in range(x.shape[0]):
+        _gelu_row(out[r], x[r])
 
 
 @nb.njit(parallel=True, **_JIT)
@@ -155,12 +166,78 @@ def layer_norm_kernel(
 ) -> None:
     """out (R, C) = LayerNorm of each row of x (R, C) with g, b (C,); `ref.layer_norm`
     (biased variance of the centred row, as torch)."""
-    n = x.shape[1]
     for r in nb.prange(x.shape[0]):
-        xr, orow = x[r], out[r]
-        mu = _row_sum(xr) / _f(n)
-        for j in range(n):
-            orow[j] = xr[j] - mu
-        sd = np.sqrt(_row_sq_sum(orow) / _f(n) + _f(eps))
-        for j in range(n):
-            orow[j] = orow[j] / sd * g[j] + b[j]
+        _layer_norm_row(out[r], x[r], g, b, eps)
+
+
+@nb.njit(**_JIT)
+def layer_norm_serial_kernel(
+    out: np.ndarray, x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float
+) -> None:
+    """`layer_norm_kernel` on the calling thread only (small decoder inputs)."""
+    for r in range(x.shape[0]):
+        _layer_norm_row(out[r], x[r], g, b, eps)
+
+
+@nb.njit(**_JIT)
+def _layer_norm_row(
+    orow: np.ndarray, xr: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float
+) -> None:
+    n = xr.shape[0]
+    mu = _row_sum(xr) / _f(n)
+    for j in range(n):
+        orow[j] = xr[j] - mu
+    sd = np.sqrt(_row_sq_sum(orow) / _f(n) + _f(eps))
+    for j in range(n):
+        orow[j] = orow[j] / sd * g[j] + b[j]
+
+
+@nb.njit(**_REDUCE)
+def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:
+    s = _f(0.0)
+    for j in range(a.shape[0]):
+        s += a[j] * b[j]
+    return s
+
+
+@nb.njit(**_JIT)
+def _axpy(y: np.ndarray, a: np.float32, x: np.ndarray) -> None:
+    for j in range(y.shape[0]):
+        y[j] += a * x[j]
+
+
+@nb.njit(**_JIT)
+def attention_kernel(
+    out: np.ndarray, q: np.ndarray, kt: np.ndarray, vt: np.ndarray, mask: np.ndarray
+) -> None:
+    """out (G, Tq, Dh) = softmax(q k^T / sqrt(Dh) + mask) v per group; `ref.attention`.
+
+    q (G, Tq, Dh); kt, vt (G, Dh, Tk): keys and values transposed, so that both products run
+    over Tk contiguous floats: the scores of one query are Dh vector row updates (no per-key
+    horizontal sums) and each output is one long dot product (measured: with v (G, Tk, Dh) the
+    Tk short 64-long updates took 5x the time of everything else); mask (Tq, Tk) added to the
+    scores, or (0, 0) for none. Serial: meant for a few query
+    rows per group (decoding). The scale multiplies the scores (the reference scales q first):
+    the difference is float32 rounding.
+    """
+    n_g, n_q, dh = q.shape
+    n_k = kt.shape[2]
+    scale = _f(1.0) / np.sqrt(_f(dh))
+    has_mask = mask.shape[0] > 0
+    sc = np.empty(n_k, np.float32)
+    for gi in range(n_g):
+        for i in range(n_q):
+            sc[:] = 0.0
+            for j in range(dh):
+                _axpy(sc, q[gi, i, j], kt[gi, j])
+            for t in range(n_k):
+                sc[t] *= scale
+            if has_mask:
+                for t in range(n_k):
+                    sc[t] += mask[i, t]
+            m = _row_max(sc)
+            for t in range(n_k):
+                sc[t] = _exp(sc[t] - m)
+            inv = _f(1.0) / _row_sum(sc)
+            for j in range(dh):
+                out[gi, i, j] = _dot(sc, vt[gi, j]) * inv

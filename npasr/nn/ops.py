@@ -18,6 +18,7 @@ forces the reference for these three ops; quantized weights always need the Numb
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -63,8 +64,41 @@ def _gemv(x: F32, p: Packed, n_out: int) -> F32:
     if p.offset is not None:
         qk.block_sums_kernel(xsum, xf, m, k)
     qk.gemv_kernel(
-        out, xf, xsum, _flat(p.qs), _flat(p.scale), _flat(p.offset), m, k, p.kind == "u4"
+        out, xf, xsum, _flat(p.qs), _flat(p.scale), _flat(p.offset), m, k, qk.KIND_CODE[p.kind]
     )
+    return out
+
+
+def _linear_f16(x: F32, w: np.ndarray) -> F32:
+    """x (M, K) @ w.T for a float16 weight (N, K) kept in float16 (half the bytes of f32).
+
+    Few rows: the fused GEMV widens each half exactly (as `w.astype(np.float32)`); more rows:
+    TILE_BYTES of rows widened at a time into one f32 buffer for BLAS.
+    """
+    m, k = x.shape
+    n_out = w.shape[0]
+    if m <= GEMV_MAX_ROWS and k % qk.QB == 0 and w.flags.c_contiguous:
+        out = np.empty((m, n_out), np.float32)
+        qk.gemv_kernel(
+            out,
+            x.reshape(-1),
+            _EMPTY,
+            w.reshape(-1).view(np.uint16),
+            _EMPTY,
+            _EMPTY,
+            m,
+            k,
+            qk.KIND_F16,
+        )
+        return out
+    tile = max(qk.ROW_CHUNK, min(n_out, TILE_BYTES // (4 * k)))
+    out = np.empty((m, n_out), np.float32)
+    buf = np.empty((tile, k), np.float32)
+    for r0 in range(0, n_out, tile):
+        r1 = min(n_out, r0 + tile)
+        wt = buf[: r1 - r0]
+        wt[:] = w[r0:r1]
+        np.matmul(x, wt.T, out=out[:, r0:r1])
     return out
 
 
@@ -95,7 +129,12 @@ def linear(x: F32, w: F32 | QTensor, b: F32 | None = None) -> F32:
     `w` may be a float array or a 2-D `QTensor`; the result equals `ref.linear(x,
     w.dequantize(), b)` up to float32 summation order.
     """
-    if not isinstance(w, QTensor):
+    if isinstance(w, np.ndarray) and w.dtype == np.float16:
+        if w.ndim != 2 or x.shape[-1] != w.shape[1]:
+            raise ValueError(f"linear: x {x.shape} does not match weight {w.shape} (Dout, Din)")
+        x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, w.shape[1])
+        y = _linear_f16(x2, w).reshape(*x.shape[:-1], w.shape[0])
+    elif not isinstance(w, QTensor):
         y = x @ w.T
     else:
         if len(w.shape) != 2 or x.shape[-1] != w.shape[1]:
@@ -117,13 +156,18 @@ def linear(x: F32, w: F32 | QTensor, b: F32 | None = None) -> F32:
 # --- row and element-wise ops ----------------------------------------------------------------
 
 
+def _numba_backend() -> bool:
+    return os.environ.get("NPASR_BACKEND", "numba") != "numpy"
+
+
 def _use_kernel(x: np.ndarray) -> bool:
-    return (
-        x.dtype == np.float32
-        and x.ndim >= 1
-        and x.size >= KERNEL_MIN_SIZE
-        and os.environ.get("NPASR_BACKEND", "numba") != "numpy"
-    )
+    """Parallel kernel: float32 input of at least KERNEL_MIN_SIZE elements."""
+    return x.dtype == np.float32 and x.ndim >= 1 and x.size >= KERNEL_MIN_SIZE and _numba_backend()
+
+
+def _use_serial_kernel(x: np.ndarray) -> bool:
+    """Serial kernel: smaller float32 input (decoder rows), no hand-off to the worker pool."""
+    return x.dtype == np.float32 and x.ndim >= 1 and x.size > 0 and _numba_backend()
 
 
 def _rows(x: F32) -> F32:
@@ -142,20 +186,30 @@ def softmax(x: F32, axis: int = -1) -> F32:
 
 def gelu(x: F32) -> F32:
     """Exact (erf) GELU, as `ref.gelu`."""
-    if not _use_kernel(x):
+    if _use_kernel(x):
+        kernel = kernels.gelu_kernel
+    elif _use_serial_kernel(x):
+        kernel = kernels.gelu_serial_kernel
+    else:
         return ref.gelu(x)
     out = np.empty(x.shape, np.float32)
-    kernels.gelu_kernel(out.reshape(-1, x.shape[-1]), _rows(x))
+    kernel(out.reshape(-1, x.shape[-1]), _rows(x))
     return out
 
 
 def layer_norm(x: F32, g: F32, b: F32, eps: float = 1e-5) -> F32:
     """LayerNorm over the last axis with weight g and bias b (D,), as `ref.layer_norm`."""
     d = x.shape[-1] if x.ndim else 0
-    if not _use_kernel(x) or any(a.shape != (d,) or a.dtype != np.float32 for a in (g, b)):
+    if any(a.shape != (d,) or a.dtype != np.float32 for a in (g, b)):
         return ref.layer_norm(x, g, b, eps)  # (also broadcasting g, b, which the kernel does not)
+    if _use_kernel(x):
+        kernel = kernels.layer_norm_kernel
+    elif _use_serial_kernel(x):
+        kernel = kernels.layer_norm_serial_kernel
+    else:
+        return ref.layer_norm(x, g, b, eps)
     out = np.empty(x.shape, np.float32)
-    kernels.layer_norm_kernel(
+    kernel(
         out.reshape(-1, x.shape[-1]),
         _rows(x),
         np.ascontiguousarray(g),
@@ -166,7 +220,37 @@ def layer_norm(x: F32, g: F32, b: F32, eps: float = 1e-5) -> F32:
 
 
 def attention(q: F32, k: F32, v: F32, mask: F32 | None = None) -> F32:
-    """Scaled dot-product attention, as `ref.attention`, with the softmax kernel for big scores."""
+    """Scaled dot-product attention, as `ref.attention`.
+
+    Up to GEMV_MAX_ROWS query rows (decoding) with a 2-D mask or none: the serial
+    `kernels.attention_kernel`; otherwise BLAS matmuls around the softmax kernel.
+    """
+    *lead, n_q, dh = q.shape
+    n_k = k.shape[-2]
+    shared = len(lead) - (k.ndim - 2)  # leading query axes that k and v broadcast over (beams)
+    if (
+        _numba_backend()
+        and shared >= 0
+        and n_q * math.prod(lead[:shared]) <= GEMV_MAX_ROWS
+        and all(a.dtype == np.float32 for a in (q, k, v))
+        and k.shape == v.shape
+        and tuple(k.shape[:-2]) == tuple(lead[shared:])
+        and k.shape[-1] == dh
+        and (mask is None or (shared == 0 and mask.shape == (n_q, n_k)))
+    ):
+        # (E..., L..., Tq, Dh) -> (L, E * Tq, Dh): every query row of a group meets the same keys
+        qg = np.moveaxis(q, range(shared), range(-2 - shared, -2))
+        qg = qg.reshape(-1, math.prod(lead[:shared]) * n_q, dh)
+        out = np.empty(qg.shape, np.float32)
+        kernels.attention_kernel(
+            out,
+            np.ascontiguousarray(qg),
+            np.swapaxes(k, -1, -2).reshape(-1, dh, n_k),  # a view when k is a transposed view
+            np.swapaxes(v, -1, -2).reshape(-1, dh, n_k),
+            _EMPTY.reshape(0, 0) if mask is None else np.asarray(mask, np.float32),
+        )
+        out = out.reshape(*lead[shared:], *lead[:shared], n_q, dh)
+        return np.moveaxis(out, range(-2 - shared, -2), range(shared))
     scale = np.float32(q.shape[-1] ** -0.5)
     s = (q * scale) @ np.swapaxes(k, -1, -2)
     if mask is not None:
@@ -196,4 +280,12 @@ def warmup() -> float:
     kernels.softmax_kernel(out, x)
     kernels.gelu_kernel(out, x)
     kernels.layer_norm_kernel(out, x, x[0].copy(), x[1].copy(), 1e-5)
+    kernels.gelu_serial_kernel(out, x)
+    kernels.layer_norm_serial_kernel(out, x, x[0].copy(), x[1].copy(), 1e-5)
+    q = x.reshape(2, 2, 64)
+    attention(q, q, q)
+    attention(q, q, q, np.zeros((2, 2), np.float32))
+    w16 = rng.standard_normal((16, 64)).astype(np.float16)
+    linear(x, w16)
+    linear(rng.standard_normal((GEMV_MAX_ROWS + 1, 64)).astype(np.float32), w16)
     return time.perf_counter() - t0

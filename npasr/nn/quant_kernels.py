@@ -96,10 +96,13 @@ def _hsum(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
     return builder.extract_element(v, ir.IntType(32)(0))
 
 
-def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, u4: bool) -> None:  # type: ignore[no-untyped-def]
-    """IR for res[m] = sum_b scale[i, b] * sum_j v[i, 32 b + j] * xb[b, m, j], m < n_act."""
+def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """IR for res[m] = sum_b scale[i, b] * sum_j v[i, 32 b + j] * xb[b, m, j], m < n_act.
+
+    kind "f16": qs holds float16 bit patterns (uint16) and there is no scale."""
     i64, f32 = ir.IntType(64), ir.FloatType()
     vf, vb, vi = (ir.VectorType(t, VL) for t in (f32, ir.IntType(8), ir.IntType(32)))
+    u4 = kind == "u4"
     fmuladd = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vf, [vf, vf, vf]), f"llvm.fmuladd.v{VL}f32"
     )
@@ -118,6 +121,14 @@ def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, u4: bool) -> 
                 builder.and_(z, ir.Constant(vi, [15] * VL)),
                 builder.lshr(z, ir.Constant(vi, [4] * VL)),
             ]
+        elif kind == "f16":
+            vh = ir.VectorType(ir.HalfType(), VL)
+            halves = [
+                builder.load(
+                    builder.bitcast(builder.gep(q, [i64(h * VL)]), vh.as_pointer()), align=2
+                )
+                for h in range(2)
+            ]
         else:
             halves = [
                 builder.load(
@@ -125,8 +136,13 @@ def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, u4: bool) -> 
                 )
                 for h in range(2)
             ]
-        s = _splat(builder, builder.load(builder.gep(sc_p, [builder.add(builder.mul(i, nbk), b)])))
-        w = [builder.fmul(builder.sitofp(v, vf), s) for v in halves]  # exact widening, then * scale
+        if kind == "f16":  # exact widening, no scale
+            w = [builder.fpext(v, vf) for v in halves]
+        else:
+            s = _splat(
+                builder, builder.load(builder.gep(sc_p, [builder.add(builder.mul(i, nbk), b)]))
+            )
+            w = [builder.fmul(builder.sitofp(v, vf), s) for v in halves]  # exact, then * scale
         for m in range(n_act):
             xo = builder.mul(builder.add(builder.mul(b, i64(n_act)), i64(m)), i64(QB))
             for h in range(2):
@@ -142,7 +158,7 @@ def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, u4: bool) -> 
         builder.store(t, builder.gep(res_p, [i64(m)]))
 
 
-def _make_row_dot(u4: bool) -> Callable[..., None]:
+def _make_row_dot(kind: str) -> Callable[..., None]:
     """`row_dot(res, xb, qs, scale, i, n_act, k)`: res[m] = (weight row i without its offset) .
     (activation row m), m < n_act <= MAX_ROWS, with xb the rows interleaved per block:
     xb (NB, n_act, 32) flat, so one pointer walks every row's block in order."""
@@ -150,12 +166,15 @@ def _make_row_dot(u4: bool) -> Callable[..., None]:
 
         def row_dot_py(res, xb, qs, scale, i, n_act, k):  # type: ignore[no-untyped-def]
             nbk = k // QB
-            if u4:
+            if kind == "u4":
                 q = qs[i * k // 2 : (i + 1) * k // 2].reshape(nbk, QB // 2)
                 v = np.concatenate([q & 15, q >> 4], axis=1)  # (NB, 32)
             else:
                 v = qs[i * k : (i + 1) * k].reshape(nbk, QB)
-            w = v.astype(np.float32) * scale[i * nbk : (i + 1) * nbk, None]  # (NB, 32)
+            if kind == "f16":
+                w = v.view(np.float16).astype(np.float32)
+            else:
+                w = v.astype(np.float32) * scale[i * nbk : (i + 1) * nbk, None]  # (NB, 32)
             res[:n_act] = np.einsum("bmj,bj->m", xb[: n_act * k].reshape(nbk, n_act, QB), w)
 
         return row_dot_py
@@ -178,7 +197,7 @@ def _make_row_dot(u4: bool) -> Callable[..., None]:
                 case = builder.append_basic_block(f"row_dot.m{rows}")
                 switch.add_case(ir.IntType(64)(rows), case)
                 builder.position_at_end(case)
-                _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i_v, k_v, rows, u4)
+                _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i_v, k_v, rows, kind)
                 builder.branch(end)
             builder.position_at_end(end)
             return context.get_dummy_value()
@@ -188,8 +207,12 @@ def _make_row_dot(u4: bool) -> Callable[..., None]:
     return intrinsic(row_dot)
 
 
-_row_dot_i8 = _make_row_dot(u4=False)
-_row_dot_u4 = _make_row_dot(u4=True)
+_row_dot_i8 = _make_row_dot("i8")
+_row_dot_u4 = _make_row_dot("u4")
+_row_dot_f16 = _make_row_dot("f16")
+
+KIND_I8, KIND_U4, KIND_F16 = 0, 1, 2  # the `kind` argument of gemv_kernel
+KIND_CODE = {"i8": KIND_I8, "u4": KIND_U4, "f16": KIND_F16}
 
 
 @nb.njit(**_JIT)
@@ -213,12 +236,13 @@ def gemv_kernel(
     offset: np.ndarray,
     n_rows: int,
     k: int,
-    u4: bool,
+    kind: int,
 ) -> None:
-    """out (M, N) = x (M, K) @ w.T for a Packed weight of kind "u4" (qs (N*K/2,) uint8 nibble
-    pairs) or "i8" (qs (N*K,) int8). Flat: x (M*K,), scale/offset (N*NB,) (offset may be empty:
-    no offset), xsum (M*NB,) block sums of x (read only with an offset). Any M; each pass over
-    the weight serves MAX_ROWS activation rows."""
+    """out (M, N) = x (M, K) @ w.T for a Packed weight of kind KIND_U4 (qs (N*K/2,) uint8 nibble
+    pairs), KIND_I8 (qs (N*K,) int8) or KIND_F16 (qs (N*K,) uint16 float16 bits; no scale).
+    Flat: x (M*K,), scale/offset (N*NB,) (offset may be empty: no offset), xsum (M*NB,) block
+    sums of x (read only with an offset). Any M; each pass over the weight serves MAX_ROWS
+    activation rows."""
     n_out = out.shape[1]
     nbk = k // QB
     has_offset = offset.shape[0] > 0
@@ -230,8 +254,10 @@ def gemv_kernel(
         for i in range(c * ROW_CHUNK, min(n_out, (c + 1) * ROW_CHUNK)):
             for m0 in range(0, n_rows, MAX_ROWS):
                 mm = min(MAX_ROWS, n_rows - m0)
-                if u4:
+                if kind == KIND_U4:
                     _row_dot_u4(res, xb[m0 * k :], qs, scale, i, mm, k)
+                elif kind == KIND_F16:
+                    _row_dot_f16(res, xb[m0 * k :], qs, scale, i, mm, k)
                 else:
                     _row_dot_i8(res, xb[m0 * k :], qs, scale, i, mm, k)
                 for m in range(mm):

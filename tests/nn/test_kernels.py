@@ -8,6 +8,9 @@ Tolerances, measured max errors in brackets (float32 inputs from default_rng(0))
 * layer_norm: atol 1e-5 + rtol 1e-5 on outputs of size ~ |g| [2e-6]: mean and variance are
   summed in another order than NumPy's pairwise sum; an output near 0 (g z ~ -b) has no
   relative accuracy in either implementation.
+* attention (few query rows): 2e-6 absolute on outputs that are convex combinations of N(0, 1)
+  values [6e-7]: the softmax above, plus Dh- and Tk-long dot products summed in another order
+  and the 1/sqrt(Dh) scale applied to the scores instead of to q.
 """
 
 from __future__ import annotations
@@ -97,6 +100,70 @@ def test_layer_norm_broadcast_falls_back() -> None:
     np.testing.assert_array_equal(ops.layer_norm(x, g, g[0]), ref.layer_norm(x, g, g[0]))
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_serial_kernels(shape: tuple[int, ...]) -> None:
+    """The serial variants used for small (decoder) inputs: the same contracts."""
+    x = _rand(shape)
+    g, b = _rand(shape[-1:], 1.0, 1), _rand(shape[-1:], 1.0, 2)
+    np.testing.assert_allclose(
+        _direct(kernels.gelu_serial_kernel, x), ref.gelu(x), rtol=1e-6, atol=1e-6
+    )
+    got = _direct(kernels.layer_norm_serial_kernel, x, g, b, 1e-5)
+    np.testing.assert_allclose(got, ref.layer_norm(x, g, b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ops.gelu(x), ref.gelu(x), rtol=1e-6, atol=1e-6)  # either path
+
+
+def _transposed(a: np.ndarray) -> np.ndarray:
+    """Same values, stored (..., Dh, T) as the Whisper caches keep them."""
+    return np.swapaxes(np.ascontiguousarray(np.swapaxes(a, -1, -2)), -1, -2)
+
+
+ATTN_CASES = [  # q shape, k/v shape, mask (Tq, Tk) or None
+    ((1, 6, 1, 64), (1, 6, 1500, 64), None),  # cross attention, one row
+    ((5, 6, 1, 64), (6, 1500, 64), None),  # five beams over one shared window
+    ((2, 3, 4, 1, 16), (4, 10, 16), None),  # two broadcast axes
+    ((1, 6, 3, 64), (1, 6, 7, 64), "causal"),  # prompt rows over a cache
+    ((2, 8, 64), (2, 1, 64), None),  # one key
+    ((1, 4, 12, 32), (1, 4, 12, 32), "causal"),  # above GEMV_MAX_ROWS: matmul path
+]
+
+
+@pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: f"{c[0]}x{c[1]}")
+@pytest.mark.parametrize("layout", ["rows", "transposed"])
+def test_attention(case: tuple, layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    q_shape, k_shape, mask_kind = case
+    q, k, v = _rand(q_shape, 1.0, 1), _rand(k_shape, 1.0, 2), _rand(k_shape, 1.0, 3)
+    if layout == "transposed":
+        k, v = _transposed(k), _transposed(v)
+    mask = None
+    if mask_kind == "causal":
+        n_q, n_k = q_shape[-2], k_shape[-2]
+        mask = np.triu(np.full((n_q, n_k), -np.inf, np.float32), k=n_k - n_q + 1)
+    calls = []
+    real = kernels.attention_kernel
+    monkeypatch.setattr(kernels, "attention_kernel", lambda *a: calls.append(1) or real(*a))
+    got = ops.attention(q, k, v, mask)
+    want = ref.attention(q, k, v, mask)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    rows = q_shape[-2] * int(np.prod(q_shape[: len(q_shape) - len(k_shape)]))
+    assert bool(calls) == (rows <= ops.GEMV_MAX_ROWS)
+
+
+def test_attention_kernel_masked_rows_and_nan() -> None:
+    """-inf masks give exact zeros to the masked keys; a NaN score poisons its row only."""
+    q, k, v = _rand((1, 2, 1, 8), 1.0, 1), _rand((1, 2, 5, 8), 1.0, 2), _rand((1, 2, 5, 8), 1.0, 3)
+    mask = np.array([[0, 0, -np.inf, 0, -np.inf]], np.float32)
+    v2 = v.copy()
+    v2[:, :, [2, 4]] = 1e30  # masked values must not reach the output
+    np.testing.assert_allclose(
+        ops.attention(q, k, v2, mask), ref.attention(q, k, v, mask), atol=2e-6
+    )
+    k[0, 1, 3, 0] = np.nan
+    got = ops.attention(q, k, v)
+    assert np.isnan(got[0, 1]).all() and np.isfinite(got[0, 0]).all()
+
+
 def test_backend_numpy_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     """NPASR_BACKEND=numpy gives exactly the reference and never enters a kernel."""
     x = _rand((4, 150, 70))
@@ -108,9 +175,15 @@ def test_backend_numpy_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("kernel called with NPASR_BACKEND=numpy")
 
     monkeypatch.setenv("NPASR_BACKEND", "numpy")
-    for name in ("softmax_kernel", "gelu_kernel", "layer_norm_kernel"):
+    names = ("softmax_kernel", "gelu_kernel", "layer_norm_kernel", "gelu_serial_kernel")
+    for name in (*names, "layer_norm_serial_kernel", "attention_kernel"):
         monkeypatch.setattr(kernels, name, boom)
     slow = (ops.softmax(x), ops.gelu(x), ops.layer_norm(x, g, b))
+    small = x[0, :2]
+    np.testing.assert_array_equal(ops.gelu(small), ref.gelu(small))
+    np.testing.assert_array_equal(ops.layer_norm(small, g, b), ref.layer_norm(small, g, b))
+    q = x[:1, :1, :64].reshape(1, 1, 64)
+    np.testing.assert_array_equal(ops.attention(q, q, q), ref.attention(q, q, q))
     np.testing.assert_array_equal(slow[0], ref.softmax(x))
     np.testing.assert_array_equal(slow[1], ref.gelu(x))
     np.testing.assert_array_equal(slow[2], ref.layer_norm(x, g, b))
@@ -128,10 +201,18 @@ for k, want, args, tol in [
     (kernels.softmax_kernel, ref.softmax(x), (), 1e-6),
     (kernels.gelu_kernel, ref.gelu(x), (), 1e-6),
     (kernels.layer_norm_kernel, ref.layer_norm(x, g, b), (g, b, 1e-5), 1e-5),
+    (kernels.gelu_serial_kernel, ref.gelu(x), (), 1e-6),
+    (kernels.layer_norm_serial_kernel, ref.layer_norm(x, g, b), (g, b, 1e-5), 1e-5),
 ]:
     out = np.empty_like(x)
     k(out, x, *args)
     np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+q = x.reshape(1, 3, 70)[:, :2]
+kt = np.swapaxes(x.reshape(1, 3, 70), 1, 2).copy()
+out = np.empty_like(q)
+kernels.attention_kernel(out, q, kt, kt, np.empty((0, 0), np.float32))
+want = ref.attention(q, x.reshape(1, 3, 70), x.reshape(1, 3, 70))
+np.testing.assert_allclose(out, want, atol=2e-6)
 print("ok")
 """
 

@@ -143,6 +143,37 @@ def test_float_weight_is_plain_blas() -> None:
     np.testing.assert_array_equal(ops.linear(x, w, b), ref.linear(x, w, b))
 
 
+@pytest.mark.parametrize("m", [1, 5, 8, 9, 40])
+def test_float16_weight(m: int, n_threads: int) -> None:
+    """A float16 weight stays half in memory: the GEMV widens each value exactly (m <= 8) and
+    the tile path widens rows for BLAS; both within the float32 summation bound of the f32
+    reference on the widened weight."""
+    rng = np.random.default_rng(m)
+    w = rng.standard_normal((70, 96)).astype(np.float16)
+    x, b = (
+        rng.standard_normal((m, 96)).astype(np.float32),
+        rng.standard_normal(70).astype(np.float32),
+    )
+    y = ops.linear(x, w, b)
+    w32 = w.astype(np.float32)
+    want = ref.linear(x, w32, b)
+    n = w.shape[1] + 2
+    bound = n * U / (1 - n * U) * (np.abs(x) @ np.abs(w32).T) + U * np.abs(want)
+    assert y.shape == want.shape and y.dtype == np.float32
+    assert (np.abs(y - want) <= bound).all()
+    assert not np.array_equal(y, ref.linear(x, w32.astype(np.float16).astype(np.float32) + 1e-3, b))
+
+
+def test_float16_weight_odd_width_uses_tiles() -> None:
+    """K not a multiple of 32: no GEMV layout, the tile path gives the same contract."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((10, 40)).astype(np.float16)
+    x = rng.standard_normal((1, 40)).astype(np.float32)
+    np.testing.assert_allclose(ops.linear(x, w), x @ w.astype(np.float32).T, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not match"):
+        ops.linear(x[:, :30], w)
+
+
 _NO_JIT_SCRIPT = """
 import numpy as np
 from npasr.io.gguf import GGMLType
@@ -154,6 +185,9 @@ for t in (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q5_1):
         x = rng.standard_normal((m, 256)).astype(np.float32)
         y, r = ops.linear(x, w), ref.linear(x, w.dequantize())
         assert np.abs(y - r).max() <= 1e-5 * np.abs(r).max(), (t, m)
+w16 = rng.standard_normal((18, 64)).astype(np.float16)
+x = rng.standard_normal((2, 64)).astype(np.float32)
+assert np.abs(ops.linear(x, w16) - x @ w16.astype(np.float32).T).max() <= 1e-5
 print("ok")
 """
 

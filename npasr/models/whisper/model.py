@@ -21,7 +21,7 @@ from npasr.models.whisper.config import WhisperConfig
 from npasr.nn import ops
 from npasr.nn.layers import Conv1d, LayerNorm, Linear
 from npasr.nn.quant import QTensor
-from npasr.types import F32, ModelFileError
+from npasr.types import F16, F32, ModelFileError
 
 
 def _split_heads(x: F32, n_head: int) -> F32:  # (..., T, D) -> (..., H, T, Dh)
@@ -136,16 +136,19 @@ class AudioEncoder:
 
 @dataclass
 class KVCache:
-    """Self-attention keys/values of the tokens decoded so far, one array pair per layer."""
+    """Self-attention keys/values of the tokens decoded so far, one array pair per layer.
 
-    k: list[F32]  # per layer (B, H, n_text_ctx, Dh)
+    Stored transposed, (B, H, Dh, n_text_ctx), as `ops.attention`'s decoding kernel reads them
+    (each product then runs over contiguous positions); `keys(i, end)` gives the usual view."""
+
+    k: list[F32]  # per layer (B, H, Dh, n_text_ctx)
     v: list[F32]
     length: int = 0  # positions filled
 
     @classmethod
     def empty(cls, cfg: WhisperConfig, n_batch: int) -> KVCache:
         h, dh = cfg.n_text_head, cfg.n_text_state // cfg.n_text_head
-        shape = (n_batch, h, cfg.n_text_ctx, dh)
+        shape = (n_batch, h, dh, cfg.n_text_ctx)
         return cls(
             [np.zeros(shape, np.float32) for _ in range(cfg.n_text_layer)],
             [np.zeros(shape, np.float32) for _ in range(cfg.n_text_layer)],
@@ -155,28 +158,46 @@ class KVCache:
         """Keep decoding rows `rows` (beam search): row i of the result is old row rows[i]."""
         n = self.length
         for arr in (*self.k, *self.v):
-            arr[:, :, :n] = arr[rows, :, :n]
+            arr[..., :n] = arr[rows, ..., :n]
+
+    def store(self, layer: int, k: F32, v: F32) -> tuple[F32, F32]:
+        """Write k, v (B, H, U, Dh) at positions [length, length + U); return the keys and
+        values of positions [0, length + U) as (B, H, T, Dh) views."""
+        start, end = self.length, self.length + k.shape[-2]
+        self.k[layer][..., start:end] = np.swapaxes(k, -1, -2)
+        self.v[layer][..., start:end] = np.swapaxes(v, -1, -2)
+        return (
+            np.swapaxes(self.k[layer][..., :end], -1, -2),
+            np.swapaxes(self.v[layer][..., :end], -1, -2),
+        )
 
 
 @dataclass
 class CrossKV:
-    """Cross-attention keys/values of one audio window, computed once per window."""
+    """Cross-attention keys/values of one audio window, computed once per window.
 
-    k: list[F32]  # per layer (H, T, Dh)
+    Each is a (..., H, T, Dh) view of a contiguous (..., H, Dh, T) array (see KVCache)."""
+
+    k: list[F32]  # per layer (..., H, T, Dh)
     v: list[F32]
+
+
+def _transposed(a: F32) -> F32:
+    """(..., T, Dh) -> the same values as a view of a contiguous (..., Dh, T) array."""
+    return np.swapaxes(np.ascontiguousarray(np.swapaxes(a, -1, -2)), -1, -2)
 
 
 def _embedding_rows(emb: F32 | QTensor, ids: np.ndarray) -> F32:
     """Rows `ids` (any shape) of a (V, D) embedding table -> (*ids.shape, D) float32."""
     if isinstance(emb, np.ndarray):
-        return emb[ids]
+        return emb[ids].astype(np.float32, copy=False)
     rows = QTensor(emb.qtype, (ids.size, emb.shape[1]), emb.blocks[ids.reshape(-1)].reshape(-1))
     return rows.dequantize().reshape(*ids.shape, emb.shape[1])
 
 
 @dataclass
 class TextDecoder:
-    token_embedding: F32 | QTensor  # (V, D); also the output projection (tied)
+    token_embedding: F32 | F16 | QTensor  # (V, D); also the output projection (tied)
     positional_embedding: F32  # (n_text_ctx, D) learned
     blocks: list[ResidualAttentionBlock]
     ln: LayerNorm
@@ -192,6 +213,8 @@ class TextDecoder:
         if isinstance(emb, RawTensor):
             table: F32 | QTensor = QTensor.from_raw(emb)
             table.repack()
+        elif emb.dtype == np.float16:  # stays half: the logits GEMV reads half the bytes
+            table = np.ascontiguousarray(emb)
         else:
             table = np.asarray(emb, np.float32)
         return cls(
@@ -206,9 +229,7 @@ class TextDecoder:
 
     def cross_kv(self, audio_features: F32) -> CrossKV:
         pairs = [blk.cross_attn.kv(audio_features) for blk in self.blocks]  # type: ignore[union-attr]
-        return CrossKV(
-            [np.ascontiguousarray(k) for k, _ in pairs], [np.ascontiguousarray(v) for _, v in pairs]
-        )
+        return CrossKV([_transposed(k) for k, _ in pairs], [_transposed(v) for _, v in pairs])
 
     def __call__(self, tokens: np.ndarray, cross: CrossKV, cache: KVCache) -> F32:
         """tokens (B, U) new tokens after `cache.length` cached ones -> hidden (B, U, D).
@@ -228,10 +249,8 @@ class TextDecoder:
             mask = np.triu(np.full((n_new, end), -np.inf, np.float32), k=start + 1)
         for i, blk in enumerate(self.blocks):
             h = blk.attn_ln(x)
-            k, v = blk.attn.kv(h)  # (B, H, U, Dh)
-            cache.k[i][:, :, start:end] = k
-            cache.v[i][:, :, start:end] = v
-            x = x + blk.attn(h, cache.k[i][:, :, :end], cache.v[i][:, :, :end], mask)
+            k, v = cache.store(i, *blk.attn.kv(h))  # (B, H, end, Dh)
+            x = x + blk.attn(h, k, v, mask)
             x = x + blk.cross_attn(blk.cross_attn_ln(x), cross.k[i], cross.v[i])  # type: ignore[misc]
             x = x + blk.mlp(blk.mlp_ln(x))
         cache.length = end

@@ -408,9 +408,7 @@ _KEEP_F32 = re.compile(r"positional_embedding$")
 def gguf_tensors(src: WhisperSource, wtype: str) -> dict[str, np.ndarray | RawTensor]:
     """Storage type per tensor: `npasr.io.weights.storage_for` with Whisper's keep-float names,
     so the 2-D attention and MLP matrices are the ones quantized."""
-    return {
-        n: storage_for(n, a, wtype, _KEEP_FLOAT, _KEEP_F32) for n, a in src.tensors.items()
-    }
+    return {n: storage_for(n, a, wtype, _KEEP_FLOAT, _KEEP_F32) for n, a in src.tensors.items()}
 
 
 def save_gguf(src: WhisperSource, out: str | os.PathLike[str], wtype: str = "f16") -> Path:
