@@ -39,6 +39,30 @@ class Linear:
     def __call__(self, x: F32) -> F32:
         return ops.linear(x, self.weight, self.bias)
 
+    @classmethod
+    def stack(cls, parts: list[Linear]) -> Linear:
+        """One Linear whose outputs are the parts' outputs concatenated (e.g. a fused Q|K|V
+        projection: one matrix pass instead of three). Same-type quantized weights stay
+        quantized; a mix of types is widened to float32 (correct, slower)."""
+        ws = [p.weight for p in parts]
+        if len({w.shape[1] for w in ws}) != 1:
+            raise ValueError(f"cannot stack weights of widths {[w.shape[1] for w in ws]}")
+        qtypes = {w.qtype if isinstance(w, QTensor) else None for w in ws}
+        if len(qtypes) == 1 and None not in qtypes:
+            q0 = ws[0]
+            blocks = np.concatenate([w.blocks.reshape(w.shape[0], -1) for w in ws])  # type: ignore[union-attr]
+            weight: F32 | QTensor = QTensor(q0.qtype, (blocks.shape[0], q0.shape[1]), blocks)  # type: ignore[union-attr]
+            weight.repack()
+        else:
+            weight = np.concatenate(
+                [w.dequantize() if isinstance(w, QTensor) else w for w in ws]
+            ).astype(np.float32, copy=False)
+        biases = [
+            np.zeros(p.weight.shape[0], np.float32) if p.bias is None else p.bias for p in parts
+        ]
+        bias = None if all(p.bias is None for p in parts) else np.concatenate(biases)
+        return cls(weight, bias)
+
 
 @dataclass
 class LayerNorm:

@@ -62,6 +62,30 @@ class MultiHeadAttention:
 
 
 @dataclass
+class SelfAttention:
+    """Self-attention with the query, key and value projections stacked into one matrix."""
+
+    qkv: Linear  # (3 D, D): query | key | value (openai whisper: the key has no bias)
+    out: Linear
+    n_head: int
+
+    @classmethod
+    def load(cls, w: Weights, n_head: int) -> SelfAttention:
+        parts = [Linear.load(w.sub("query")), Linear.load(w.sub("key"), bias=False)]
+        return cls(
+            Linear.stack([*parts, Linear.load(w.sub("value"))]), Linear.load(w.sub("out")), n_head
+        )
+
+    def project(self, x: F32) -> tuple[F32, F32, F32]:
+        """x (..., T, D) -> q, k, v, each (..., H, T, Dh)."""
+        q, k, v = np.split(self.qkv(x), 3, axis=-1)
+        return tuple(_split_heads(a, self.n_head) for a in (q, k, v))  # type: ignore[return-value]
+
+    def attend(self, q: F32, k: F32, v: F32, mask: F32 | None = None) -> F32:
+        return self.out(_merge_heads(ops.attention(q, k, v, mask)))
+
+
+@dataclass
 class MLP:
     fc1: Linear  # openai key "mlp.0"
     fc2: Linear  # openai key "mlp.2"
@@ -76,7 +100,7 @@ class MLP:
 
 @dataclass
 class ResidualAttentionBlock:
-    attn: MultiHeadAttention
+    attn: SelfAttention
     attn_ln: LayerNorm
     cross_attn: MultiHeadAttention | None
     cross_attn_ln: LayerNorm | None
@@ -86,7 +110,7 @@ class ResidualAttentionBlock:
     @classmethod
     def load(cls, w: Weights, n_head: int, cross: bool) -> ResidualAttentionBlock:
         return cls(
-            MultiHeadAttention.load(w.sub("attn"), n_head),
+            SelfAttention.load(w.sub("attn"), n_head),
             LayerNorm.load(w.sub("attn_ln")),
             MultiHeadAttention.load(w.sub("cross_attn"), n_head) if cross else None,
             LayerNorm.load(w.sub("cross_attn_ln")) if cross else None,
@@ -127,9 +151,7 @@ class AudioEncoder:
             )
         x = x + self.positional_embedding
         for blk in self.blocks:
-            h = blk.attn_ln(x)
-            k, v = blk.attn.kv(h)
-            x = x + blk.attn(h, k, v)
+            x = x + blk.attn.attend(*blk.attn.project(blk.attn_ln(x)))
             x = x + blk.mlp(blk.mlp_ln(x))
         return self.ln_post(x)
 
@@ -139,7 +161,7 @@ class KVCache:
     """Self-attention keys/values of the tokens decoded so far, one array pair per layer.
 
     Stored transposed, (B, H, Dh, n_text_ctx), as `ops.attention`'s decoding kernel reads them
-    (each product then runs over contiguous positions); `keys(i, end)` gives the usual view."""
+    (each product then runs over contiguous positions); `store` returns the usual views."""
 
     k: list[F32]  # per layer (B, H, Dh, n_text_ctx)
     v: list[F32]
@@ -248,9 +270,9 @@ class TextDecoder:
         if n_new > 1:  # causal mask for the new positions over [0, end)
             mask = np.triu(np.full((n_new, end), -np.inf, np.float32), k=start + 1)
         for i, blk in enumerate(self.blocks):
-            h = blk.attn_ln(x)
-            k, v = cache.store(i, *blk.attn.kv(h))  # (B, H, end, Dh)
-            x = x + blk.attn(h, k, v, mask)
+            q, k, v = blk.attn.project(blk.attn_ln(x))
+            k, v = cache.store(i, k, v)  # (B, H, end, Dh) over every cached position
+            x = x + blk.attn.attend(q, k, v, mask)
             x = x + blk.cross_attn(blk.cross_attn_ln(x), cross.k[i], cross.v[i])  # type: ignore[misc]
             x = x + blk.mlp(blk.mlp_ln(x))
         cache.length = end
