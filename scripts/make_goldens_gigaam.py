@@ -154,7 +154,9 @@ def randomize_(model, seed: int) -> None:
                 new = 0.1 * torch.randn(t.shape, generator=g)
             t.copy_(new)
         for k in ("featurizer.0.spectrogram.window", "featurizer.0.mel_scale.fb"):
-            if not model.preprocessor.center:  # v3 checkpoints store bf16-rounded buffers, v2 not
+            # v3 checkpoints store bf16-rounded buffers; v2 (no `center` attribute: always
+            # centred) keeps torchaudio's float32 values
+            if not getattr(model.preprocessor, "center", True):
                 b = model.preprocessor.get_buffer(k)
                 b.copy_(b.bfloat16().float())
         if hasattr(model.head, "decoder") and hasattr(model.head.decoder, "embed"):

@@ -84,9 +84,15 @@ class GigaAMModel:
 
     # ------------------------------------------------------------------ encoder over any length
 
-    def encode(self, audio: F32, *, single_pass_s: float = 25.0, chunk_s: float = 24.0,
-               overlap_s: float = 4.0,
-               progress_callback: Callable[[float, float], None] | None = None) -> F32:
+    def encode(
+        self,
+        audio: F32,
+        *,
+        single_pass_s: float = 25.0,
+        chunk_s: float = 24.0,
+        overlap_s: float = 4.0,
+        progress_callback: Callable[[float, float], None] | None = None,
+    ) -> F32:
         """Encoder frames (T, D) of the whole audio, in windows when it is long (module doc)."""
         sr, fs = self.config.sample_rate, self.config.frame_samples
         n = audio.shape[0]

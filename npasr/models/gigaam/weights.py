@@ -94,6 +94,31 @@ def plain(obj: Any) -> Any:
     return obj
 
 
+_INTERPOLATION = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")  # a whole-value `${key.path}`
+
+
+def resolve_interpolations(cfg: Any, root: Any = None, _depth: int = 0) -> Any:
+    """Replace OmegaConf node interpolations such as `vocabulary: ${labels}` or
+    `feat_in: ${encoder.d_model}` (stored unresolved in the pickle) by the values they point to,
+    looked up from the root of the cfg. Other strings, custom resolvers included, stay as they
+    are; a reference to a missing key, or a cycle, raises KeyError."""
+    root = cfg if root is None else root
+    if _depth > 32:
+        raise KeyError("interpolation cycle in the GigaAM cfg")
+    if isinstance(cfg, dict):
+        return {k: resolve_interpolations(v, root, _depth) for k, v in cfg.items()}
+    if isinstance(cfg, list):
+        return [resolve_interpolations(v, root, _depth) for v in cfg]
+    if isinstance(cfg, str) and (m := _INTERPOLATION.match(cfg)):
+        target = root
+        for key in m.group(1).split("."):
+            if not isinstance(target, dict) or key not in target:
+                raise KeyError(f"interpolation {cfg} points nowhere")
+            target = target[key]
+        return resolve_interpolations(target, root, _depth + 1)
+    return cfg
+
+
 def is_gigaam_checkpoint(path: Path) -> bool:
     """A torch zip whose pickle names gigaam's hydra targets (no unpickling needed)."""
     try:
@@ -120,8 +145,8 @@ def load_source(path: str | os.PathLike[str], tokenizer: str | os.PathLike[str] 
     ckpt = load_torch_checkpoint(path, extra_allowed=OMEGACONF_ALLOWED)
     if not isinstance(ckpt, dict) or "cfg" not in ckpt or "state_dict" not in ckpt:
         raise ModelFileError(f"{path}: not a GigaAM checkpoint (expected keys 'cfg', 'state_dict')")
-    cfg = plain(ckpt["cfg"])
     try:
+        cfg = resolve_interpolations(plain(ckpt["cfg"]))  # v2 cfgs may use `${...}` references
         config = GigaAMConfig.from_checkpoint(cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{path}: GigaAM cfg lacks or mangles {e}") from None
