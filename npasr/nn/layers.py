@@ -27,9 +27,10 @@ class Linear:
         store such a weight as its (Dout, Din) matrix)."""
         t = w["weight"]
         if isinstance(t, RawTensor):
-            q = QTensor.from_raw(t)
-            q.repack()  # build the kernel layout now, not on the first decoding step
-            weight: F32 | QTensor = q
+            # Kernel layouts are built on first use: the GEMV one (`QTensor.repack`) where a
+            # decoder runs few rows (`prepare_gemv` builds it at load), the int8 GEMM one for
+            # encoder rows; an encoder weight thus never holds the GEMV copy.
+            weight: F32 | QTensor = QTensor.from_raw(t)
         else:
             weight = np.asarray(t, dtype=np.float32)
             if weight.ndim == 3 and weight.shape[-1] == 1:
@@ -38,6 +39,11 @@ class Linear:
 
     def __call__(self, x: F32) -> F32:
         return ops.linear(x, self.weight, self.bias)
+
+    def prepare_gemv(self) -> None:
+        """Build the decoding (few-row) kernel layout now rather than on the first step."""
+        if isinstance(self.weight, QTensor):
+            self.weight.repack()
 
     @classmethod
     def stack(cls, parts: list[Linear]) -> Linear:
@@ -52,7 +58,6 @@ class Linear:
             q0 = ws[0]
             blocks = np.concatenate([w.blocks.reshape(w.shape[0], -1) for w in ws])  # type: ignore[union-attr]
             weight: F32 | QTensor = QTensor(q0.qtype, (blocks.shape[0], q0.shape[1]), blocks)  # type: ignore[union-attr]
-            weight.repack()
         else:
             weight = np.concatenate(
                 [w.dequantize() if isinstance(w, QTensor) else w for w in ws]

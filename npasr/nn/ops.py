@@ -5,8 +5,12 @@ repacked layout). Model code calls only this module, so quantization stays a pro
 weight (STYLE R6): the same Whisper forward runs f32, f16-widened or any GGML type.
 
 Dispatch for a QTensor (M = number of activation rows):
-* M <= GEMV_MAX_ROWS (decoding): `quant_kernels.gemv_kernel`, reading the quantized weight once.
-* larger M (encoders): dequantize TILE_BYTES of weight rows at a time into a reused f32 buffer
+* M <= GEMV_MAX_ROWS (decoding): `quant_kernels.gemv_kernel`, reading the quantized weight once;
+  activations stay float32 (the result is the reference up to summation order).
+* larger M (encoders), on CPUs with AVX-512 VNNI: `int8_gemm.gemm`, the activations quantized
+  per 32-block to int8 (as ggml does) and multiplied in int8 -> int32; the only difference from
+  the reference is that activation rounding (~5e-3 relative RMS). NPASR_INT8_GEMM=0 turns it off.
+* larger M elsewhere: dequantize TILE_BYTES of weight rows at a time into a reused f32 buffer
   and multiply with BLAS, which is compute bound there; the tile dequantize is the Numba kernel.
 * a type with no kernel layout (Q6_K): the same tile loop with the NumPy dequantize, announced
   once per type with `warnings.warn`.
@@ -24,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from npasr.nn import kernels, ref
+from npasr.nn import int8_gemm, kernels, ref
 from npasr.nn import quant_kernels as qk
 from npasr.nn.quant import Packed, QTensor
 from npasr.types import F32
@@ -140,13 +144,15 @@ def linear(x: F32, w: F32 | QTensor, b: F32 | None = None) -> F32:
         if len(w.shape) != 2 or x.shape[-1] != w.shape[1]:
             raise ValueError(f"linear: x {x.shape} does not match weight {w.shape} (Dout, Din)")
         x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, w.shape[1])  # (M, K)
-        p = w.repack()
-        if p is None:
-            _warn_fallback(w)
-        if p is not None and x2.shape[0] <= GEMV_MAX_ROWS:
-            y = _gemv(x2, p, w.shape[0])
-        else:
-            y = _gemm(x2, w, p)
+        # int8 GEMM first for many rows: it keeps its own layout (None: no VNNI or no layout)
+        y = int8_gemm.gemm(x2, w) if x2.shape[0] > GEMV_MAX_ROWS else None
+        if y is None:
+            p = w.repack()
+            if p is None:
+                _warn_fallback(w)
+            y = _gemv(x2, p, w.shape[0]) if p is not None and x2.shape[0] <= GEMV_MAX_ROWS else None
+            if y is None:
+                y = _gemm(x2, w, p)
         y = y.reshape(*x.shape[:-1], w.shape[0])
     if b is not None:
         y += b

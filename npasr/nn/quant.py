@@ -392,11 +392,17 @@ class QTensor:
         part = self.blocks[r0:r1].reshape(-1, blk)
         return _DEQUANTIZE[self.qtype](part).reshape(r1 - r0, self.shape[-1])
 
-    def repack(self) -> Packed | None:
-        """The kernel layout (`Packed`), built once and cached; None if no kernel takes the type."""
-        if not self._packed:
-            self._packed.append(_repack(self.qtype, self._block_bytes(), self.blocks.shape[0]))
-        return self._packed[0]
+    def repack(self, keep: bool = True) -> Packed | None:
+        """The kernel layout (`Packed`), built once and cached; None if no kernel takes the type.
+
+        keep=False: not cached when not already built (for a caller that derives its own
+        layout from it, such as `int8_gemm.gemm_pack`, so the weight is not held twice)."""
+        if self._packed:
+            return self._packed[0]
+        p = _repack(self.qtype, self._block_bytes(), self.blocks.shape[0])
+        if keep:
+            self._packed.append(p)
+        return p
 
 
 def quantize(x: np.ndarray, qtype: GGMLType) -> QTensor:

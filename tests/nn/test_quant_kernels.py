@@ -21,7 +21,7 @@ import pytest
 
 from npasr import threads
 from npasr.io.gguf import GGMLType
-from npasr.nn import ops, quant, ref
+from npasr.nn import int8_gemm, ops, quant, ref
 from npasr.nn.quant import QTensor
 
 from . import assert_runs_without_jit
@@ -103,8 +103,10 @@ def test_gemv_more_rows_than_one_pass(qtype: GGMLType, monkeypatch: pytest.Monke
 @pytest.mark.parametrize(
     "qtype", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q5_K], ids=lambda t: t.name
 )
-def test_gemm_1500_rows(qtype: GGMLType, n_threads: int) -> None:
-    """Encoder path: 1500 frames, several weight tiles (TILE_BYTES shrunk to force 5 tiles)."""
+def test_gemm_1500_rows(qtype: GGMLType, n_threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encoder path without VNNI: 1500 frames, several weight tiles (TILE_BYTES shrunk to force
+    5 tiles). (The int8 path has its own tests in test_int8_gemm.py.)"""
+    monkeypatch.setenv("NPASR_INT8_GEMM", "0")
     w = _weight(qtype, 200, 256)
     x = np.random.default_rng(2).standard_normal((1500, 256)).astype(np.float32)
     old = ops.TILE_BYTES
@@ -113,6 +115,18 @@ def test_gemm_1500_rows(qtype: GGMLType, n_threads: int) -> None:
         _check(x, w, np.ones(200, np.float32))
     finally:
         ops.TILE_BYTES = old
+
+
+@pytest.mark.skipif(not int8_gemm.available(), reason="CPU without AVX-512 VNNI")
+def test_linear_routes_encoder_rows_to_int8(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With VNNI, linear() on more than GEMV_MAX_ROWS rows is `int8_gemm.gemm` (its contract,
+    bit for bit) and NPASR_INT8_GEMM=0 gives the float tile path back."""
+    w = _weight(GGMLType.Q8_0, 64, 256)
+    x = np.random.default_rng(3).standard_normal((40, 256)).astype(np.float32)
+    b = np.ones(64, np.float32)
+    np.testing.assert_array_equal(ops.linear(x, w, b), int8_gemm.gemm(x, w) + b)
+    monkeypatch.setenv("NPASR_INT8_GEMM", "0")
+    _check(x, w, b)
 
 
 def test_leading_dims_and_shape_error() -> None:

@@ -97,6 +97,9 @@ class MLP:
     def __call__(self, x: F32) -> F32:
         return self.fc2(ops.gelu(self.fc1(x)))
 
+    def layers(self) -> tuple[Linear, Linear]:
+        return self.fc1, self.fc2
+
 
 @dataclass
 class ResidualAttentionBlock:
@@ -179,6 +182,8 @@ class KVCache:
     def reorder(self, rows: np.ndarray) -> None:
         """Keep decoding rows `rows` (beam search): row i of the result is old row rows[i]."""
         n = self.length
+        if np.array_equal(rows, np.arange(len(rows))):
+            return  # every row keeps its own history (greedy decoding: always)
         for arr in (*self.k, *self.v):
             arr[..., :n] = arr[rows, ..., :n]
 
@@ -239,13 +244,19 @@ class TextDecoder:
             table = np.ascontiguousarray(emb)
         else:
             table = np.asarray(emb, np.float32)
+        blocks = [
+            ResidualAttentionBlock.load(w.sub("blocks").sub(i), cfg.n_text_head, cross=True)
+            for i in range(cfg.n_text_layer)
+        ]
+        for blk in blocks:  # the matrices every decoding step multiplies by a few rows
+            cross = blk.cross_attn
+            assert cross is not None
+            for lin in (blk.attn.qkv, blk.attn.out, cross.query, cross.out, *blk.mlp.layers()):
+                lin.prepare_gemv()
         return cls(
             table,
             w.f32("positional_embedding", (cfg.n_text_ctx, d)),
-            [
-                ResidualAttentionBlock.load(w.sub("blocks").sub(i), cfg.n_text_head, cross=True)
-                for i in range(cfg.n_text_layer)
-            ],
+            blocks,
             LayerNorm.load(w.sub("ln")),
         )
 
