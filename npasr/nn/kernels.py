@@ -193,43 +193,40 @@ def _layer_norm_row(
 
 
 @nb.njit(**_REDUCE)
-def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:
-    s = _f(0.0)
-    for j in range(a.shape[0]):
-        s += a[j] * b[j]
-    return s
-
-
-@nb.njit(**_JIT)
-def _axpy(y: np.ndarray, a: np.float32, x: np.ndarray) -> None:
-    for j in range(y.shape[0]):
-        y[j] += a * x[j]
-
-
-@nb.njit(**_JIT)
 def attention_kernel(
-    out: np.ndarray, q: np.ndarray, kt: np.ndarray, vt: np.ndarray, mask: np.ndarray
+    out: np.ndarray, q: np.ndarray, kt: np.ndarray, vt: np.ndarray, mask: np.ndarray, n_k: int
 ) -> None:
-    """out (G, Tq, Dh) = softmax(q k^T / sqrt(Dh) + mask) v per group; `ref.attention`.
+    """out (G, Tq, Dh) = softmax(q k^T / sqrt(Dh) + mask) v per group over keys [0, n_k);
+    `ref.attention`.
 
-    q (G, Tq, Dh); kt, vt (G, Dh, Tk): keys and values transposed, so that both products run
-    over Tk contiguous floats: the scores of one query are Dh vector row updates (no per-key
-    horizontal sums) and each output is one long dot product (measured: with v (G, Tk, Dh) the
-    Tk short 64-long updates took 5x the time of everything else); mask (Tq, Tk) added to the
-    scores, or (0, 0) for none. Serial: meant for a few query
-    rows per group (decoding). The scale multiplies the scores (the reference scales q first):
-    the difference is float32 rounding.
+    q (G, Tq, Dh); kt, vt (G, Dh, T >= n_k): keys and values transposed, so that both products
+    run over contiguous positions: the scores of one query are Dh vector row updates (four rows
+    per pass over the scores, no per-key horizontal sums) and each output is one long dot
+    product (with v as (G, Tk, Dh), Tk short 64-long updates took 5x everything else). T > n_k
+    lets a preallocated cache be passed whole. mask (Tq, >= n_k) added to the scores, or (0, 0)
+    for none. Serial: meant for a few query rows per group (decoding). The scale multiplies the
+    scores (the reference scales q first): float32 rounding, like the reassociated sums.
     """
     n_g, n_q, dh = q.shape
-    n_k = kt.shape[2]
     scale = _f(1.0) / np.sqrt(_f(dh))
     has_mask = mask.shape[0] > 0
     sc = np.empty(n_k, np.float32)
     for gi in range(n_g):
         for i in range(n_q):
-            sc[:] = 0.0
-            for j in range(dh):
-                _axpy(sc, q[gi, i, j], kt[gi, j])
+            for t in range(n_k):
+                sc[t] = 0.0
+            j = 0
+            while j + 4 <= dh:
+                a0, a1, a2, a3 = q[gi, i, j], q[gi, i, j + 1], q[gi, i, j + 2], q[gi, i, j + 3]
+                for t in range(n_k):
+                    sc[t] += (a0 * kt[gi, j, t] + a1 * kt[gi, j + 1, t]) + (
+                        a2 * kt[gi, j + 2, t] + a3 * kt[gi, j + 3, t]
+                    )
+                j += 4
+            for jj in range(j, dh):
+                a0 = q[gi, i, jj]
+                for t in range(n_k):
+                    sc[t] += a0 * kt[gi, jj, t]
             for t in range(n_k):
                 sc[t] *= scale
             if has_mask:
@@ -239,5 +236,8 @@ def attention_kernel(
             for t in range(n_k):
                 sc[t] = _exp(sc[t] - m)
             inv = _f(1.0) / _row_sum(sc)
-            for j in range(dh):
-                out[gi, i, j] = _dot(sc, vt[gi, j]) * inv
+            for jj in range(dh):
+                acc = _f(0.0)
+                for t in range(n_k):
+                    acc += sc[t] * vt[gi, jj, t]
+                out[gi, i, jj] = acc * inv

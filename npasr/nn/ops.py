@@ -225,14 +225,19 @@ def layer_norm(x: F32, g: F32, b: F32, eps: float = 1e-5) -> F32:
     return out
 
 
-def attention(q: F32, k: F32, v: F32, mask: F32 | None = None) -> F32:
-    """Scaled dot-product attention, as `ref.attention`.
+def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | None = None) -> F32:
+    """Scaled dot-product attention, as `ref.attention`, over the first `length` keys (all if
+    None; a preallocated cache can so be passed whole).
 
     Up to GEMV_MAX_ROWS query rows (decoding) with a 2-D mask or none: the serial
-    `kernels.attention_kernel`; otherwise BLAS matmuls around the softmax kernel.
+    `kernels.attention_kernel`, which reads keys and values transposed: pass k and v as
+    (..., T, Dh) views of contiguous (..., Dh, T) arrays to avoid a copy. Otherwise BLAS
+    matmuls around the softmax kernel.
     """
     *lead, n_q, dh = q.shape
-    n_k = k.shape[-2]
+    n_k = k.shape[-2] if length is None else length
+    if not 0 < n_k <= k.shape[-2]:
+        raise ValueError(f"attention: length {length} outside 1..{k.shape[-2]}")
     shared = len(lead) - (k.ndim - 2)  # leading query axes that k and v broadcast over (beams)
     if (
         _numba_backend()
@@ -248,15 +253,19 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None) -> F32:
         qg = np.moveaxis(q, range(shared), range(-2 - shared, -2))
         qg = qg.reshape(-1, math.prod(lead[:shared]) * n_q, dh)
         out = np.empty(qg.shape, np.float32)
+        t_all = k.shape[-2]
         kernels.attention_kernel(
             out,
             np.ascontiguousarray(qg),
-            np.swapaxes(k, -1, -2).reshape(-1, dh, n_k),  # a view when k is a transposed view
-            np.swapaxes(v, -1, -2).reshape(-1, dh, n_k),
+            np.ascontiguousarray(np.swapaxes(k, -1, -2).reshape(-1, dh, t_all)),  # no-op if T-major
+            np.ascontiguousarray(np.swapaxes(v, -1, -2).reshape(-1, dh, t_all)),
             _EMPTY.reshape(0, 0) if mask is None else np.asarray(mask, np.float32),
+            n_k,
         )
         out = out.reshape(*lead[shared:], *lead[:shared], n_q, dh)
         return np.moveaxis(out, range(-2 - shared, -2), range(shared))
+    if n_k < k.shape[-2]:
+        k, v = k[..., :n_k, :], v[..., :n_k, :]
     scale = np.float32(q.shape[-1] ** -0.5)
     s = (q * scale) @ np.swapaxes(k, -1, -2)
     if mask is not None:

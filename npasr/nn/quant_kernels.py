@@ -39,7 +39,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 QB = 32  # weights per scale block in every Packed layout
-ROW_CHUNK = 16  # output rows per parallel work item (scratch is allocated per item)
+ROW_CHUNK = 16  # fewest output rows per parallel work item (scratch is allocated per item)
+MAX_ITEMS = 64  # most parallel work items per GEMV call
 MAX_ROWS = 8  # activation rows per weight pass (2 * 8 accumulators + 4 temporaries: 20 zmm)
 VL = 16  # float32 lanes per IR vector (one zmm; LLVM splits it on narrower targets)
 
@@ -249,9 +250,13 @@ def gemv_kernel(
     xb = np.empty(n_rows * k, np.float32)  # groups of MAX_ROWS rows, each (NB, rows, 32)
     for m0 in range(0, n_rows, MAX_ROWS):
         _interleave_blocks(xb[m0 * k :], x, m0, min(MAX_ROWS, n_rows - m0), k)
-    for c in nb.prange((n_out + ROW_CHUNK - 1) // ROW_CHUNK):
+    # At most MAX_ITEMS work items of >= ROW_CHUNK rows: each allocates its scratch once, and
+    # thousands of small items (a 51864-row vocabulary) serialized the threads on the allocator.
+    n_items = min((n_out + ROW_CHUNK - 1) // ROW_CHUNK, MAX_ITEMS)
+    per_item = (n_out + n_items - 1) // n_items
+    for c in nb.prange(n_items):
         res = np.empty(MAX_ROWS, np.float32)
-        for i in range(c * ROW_CHUNK, min(n_out, (c + 1) * ROW_CHUNK)):
+        for i in range(c * per_item, min(n_out, (c + 1) * per_item)):
             for m0 in range(0, n_rows, MAX_ROWS):
                 mm = min(MAX_ROWS, n_rows - m0)
                 if kind == KIND_U4:

@@ -150,6 +150,23 @@ def test_attention(case: tuple, layout: str, monkeypatch: pytest.MonkeyPatch) ->
     assert bool(calls) == (rows <= ops.GEMV_MAX_ROWS)
 
 
+@pytest.mark.parametrize("n_q", [1, 3, 12])
+def test_attention_length_over_a_preallocated_cache(n_q: int) -> None:
+    """`length` attends over the first keys of a larger (transposed) cache, as the decoder
+    passes its whole KV cache; the rest of the cache (garbage here) is never read."""
+    cache_k, cache_v = _rand((2, 4, 32, 50), 1.0, 1), _rand((2, 4, 32, 50), 1.0, 2)
+    cache_k[..., 20:] = np.nan
+    cache_v[..., 20:] = np.nan
+    k, v = np.swapaxes(cache_k, -1, -2), np.swapaxes(cache_v, -1, -2)  # (2, 4, 50, 32) views
+    q = _rand((2, 4, n_q, 32), 1.0, 3)
+    mask = np.triu(np.full((n_q, 20), -np.inf, np.float32), k=20 - n_q + 1)
+    got = ops.attention(q, k, v, mask, length=20)
+    want = ref.attention(q, k[..., :20, :], v[..., :20, :], mask)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="length"):
+        ops.attention(q, k, v, None, length=51)
+
+
 def test_attention_kernel_masked_rows_and_nan() -> None:
     """-inf masks give exact zeros to the masked keys; a NaN score poisons its row only."""
     q, k, v = _rand((1, 2, 1, 8), 1.0, 1), _rand((1, 2, 5, 8), 1.0, 2), _rand((1, 2, 5, 8), 1.0, 3)
@@ -210,7 +227,7 @@ for k, want, args, tol in [
 q = x.reshape(1, 3, 70)[:, :2]
 kt = np.swapaxes(x.reshape(1, 3, 70), 1, 2).copy()
 out = np.empty_like(q)
-kernels.attention_kernel(out, q, kt, kt, np.empty((0, 0), np.float32))
+kernels.attention_kernel(out, q, kt, kt, np.empty((0, 0), np.float32), 3)
 want = ref.attention(q, x.reshape(1, 3, 70), x.reshape(1, 3, 70))
 np.testing.assert_allclose(out, want, atol=2e-6)
 print("ok")

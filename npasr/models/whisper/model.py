@@ -81,8 +81,10 @@ class SelfAttention:
         q, k, v = np.split(self.qkv(x), 3, axis=-1)
         return tuple(_split_heads(a, self.n_head) for a in (q, k, v))  # type: ignore[return-value]
 
-    def attend(self, q: F32, k: F32, v: F32, mask: F32 | None = None) -> F32:
-        return self.out(_merge_heads(ops.attention(q, k, v, mask)))
+    def attend(
+        self, q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | None = None
+    ) -> F32:
+        return self.out(_merge_heads(ops.attention(q, k, v, mask, length)))
 
 
 @dataclass
@@ -188,15 +190,12 @@ class KVCache:
             arr[..., :n] = arr[rows, ..., :n]
 
     def store(self, layer: int, k: F32, v: F32) -> tuple[F32, F32]:
-        """Write k, v (B, H, U, Dh) at positions [length, length + U); return the keys and
-        values of positions [0, length + U) as (B, H, T, Dh) views."""
+        """Write k, v (B, H, U, Dh) at positions [length, length + U); return the whole cache
+        of the layer as (B, H, n_text_ctx, Dh) views (attend over the first length + U)."""
         start, end = self.length, self.length + k.shape[-2]
         self.k[layer][..., start:end] = np.swapaxes(k, -1, -2)
         self.v[layer][..., start:end] = np.swapaxes(v, -1, -2)
-        return (
-            np.swapaxes(self.k[layer][..., :end], -1, -2),
-            np.swapaxes(self.v[layer][..., :end], -1, -2),
-        )
+        return np.swapaxes(self.k[layer], -1, -2), np.swapaxes(self.v[layer], -1, -2)
 
 
 @dataclass
@@ -282,8 +281,8 @@ class TextDecoder:
             mask = np.triu(np.full((n_new, end), -np.inf, np.float32), k=start + 1)
         for i, blk in enumerate(self.blocks):
             q, k, v = blk.attn.project(blk.attn_ln(x))
-            k, v = cache.store(i, k, v)  # (B, H, end, Dh) over every cached position
-            x = x + blk.attn.attend(q, k, v, mask)
+            k, v = cache.store(i, k, v)  # (B, H, n_text_ctx, Dh): positions [0, end) are set
+            x = x + blk.attn.attend(q, k, v, mask, end)
             x = x + blk.cross_attn(blk.cross_attn_ln(x), cross.k[i], cross.v[i])  # type: ignore[misc]
             x = x + blk.mlp(blk.mlp_ln(x))
         cache.length = end
