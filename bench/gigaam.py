@@ -16,6 +16,10 @@ Run (about 3 minutes; the random-weight checkpoint comes from scripts/make_golde
 
 from __future__ import annotations
 
+import _blas_env  # noqa: F401  (first: before NumPy loads OpenBLAS)
+
+# isort: split
+
 import argparse
 import json
 import os

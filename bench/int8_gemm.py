@@ -13,6 +13,10 @@ the load average is printed before and after.
 
 from __future__ import annotations
 
+import _blas_env  # noqa: F401  (first: before NumPy loads OpenBLAS)
+
+# isort: split
+
 import argparse
 import os
 import sys

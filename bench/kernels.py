@@ -13,6 +13,10 @@ over `--repeat` runs, NumPy and kernel interleaved so that load from other proce
 
 from __future__ import annotations
 
+import _blas_env  # noqa: F401  (first: before NumPy loads OpenBLAS)
+
+# isort: split
+
 import argparse
 import json
 import os

@@ -18,6 +18,10 @@ reads an openai .pt made from npasr's own GGUF (tests/models/whisper_ref.py::whi
 
 from __future__ import annotations
 
+import _blas_env  # noqa: F401  (first: before NumPy loads OpenBLAS)
+
+# isort: split
+
 import argparse
 import json
 import os

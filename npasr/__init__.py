@@ -15,6 +15,18 @@ import os
 # one needs, which made 2 threads slower than 1. Sleeping at once fixes that (encoder 0.49 s ->
 # 0.24 s for tiny.en). These only act if set before NumPy/Numba load, hence here; a user's own
 # settings win.
+import sys  # noqa: E402
+
+if "numpy" in sys.modules and "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+    import warnings
+
+    # Measured: Whisper base encoder 0.36 s with the setting, 0.60 s without (2 threads).
+    warnings.warn(
+        "NumPy was imported before npasr, so its OpenBLAS threads keep the default busy-wait "
+        "and slow npasr's own parallel kernels (up to ~1.6x on 2 cores): import npasr first, "
+        "or set OPENBLAS_THREAD_TIMEOUT=4 in the environment",
+        stacklevel=2,
+    )
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

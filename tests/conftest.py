@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import npasr  # noqa: F401  (first: it tunes the BLAS thread pool before NumPy loads)
+
+# isort: split
 import os
 from pathlib import Path
 
