@@ -16,6 +16,7 @@ Environment the committed goldens were made in (shared/REFERENCE-SETUP.md §3, o
 Commands:
     /work/venv_gigaam/bin/python scripts/make_goldens_gigaam.py            # tiny ckpts + goldens
     /work/venv_gigaam/bin/python scripts/make_goldens_gigaam.py --real OUT  # real size
+    ... --names A B  (only these models, e.g. --names tiny_v3_e2e_ctc, or with --real v3_e2e_ctc)
     ... --check  (tiny: rebuild into a temp dir and compare with the committed files)
 
 Every checkpoint is saved exactly as the official loader expects ({"cfg": DictConfig,
@@ -27,6 +28,10 @@ Random weights follow REFERENCE-SETUP §0: every float tensor is redrawn (matric
 window/filterbank keep torchaudio's values rounded to bfloat16 like the real v3 checkpoints, the
 transducer blank embedding row is re-zeroed, and the last head layer is balanced on the test clip
 so that greedy decoding emits varied tokens and blanks instead of one class everywhere.
+
+e2e variants get a SentencePiece BPE model trained here (the real e2e tokenizers are not
+available): tiny ones on SP_TEXT, the real-size ones with the real piece counts
+(v3_e2e_ctc 256, v3_e2e_rnnt 1024 with byte fallback) on SP_TEXT plus made-up words.
 """
 
 from __future__ import annotations
@@ -91,11 +96,20 @@ TINY = {
     "tiny_v3_rnnt": (rnnt_cfg(V3_PRE, TINY_ENC, 34, VOCAB, 16, 24), 2),
     "tiny_v3_e2e_rnnt": (rnnt_cfg(V3_PRE, TINY_ENC, 65, None, 16, 24), 3),
     "tiny_v2rel_ctc": (ctc_cfg(V2_PRE, TINY_V2REL_ENC, 34, VOCAB), 4),
+    "tiny_v3_e2e_ctc": (ctc_cfg(V3_PRE, TINY_ENC, 49, None), 5),
 }
 REAL = {
     "v3_ctc": (ctc_cfg(V3_PRE, V3_ENC, 34, VOCAB), 11),
     "v3_rnnt": (rnnt_cfg(V3_PRE, V3_ENC, 34, VOCAB, 320, 320), 12),
+    # the real e2e sizes (REFERENCE §1.2): 256 pieces (CTC) and 1024 with byte fallback (RNN-T)
+    "v3_e2e_ctc": (ctc_cfg(V3_PRE, V3_ENC, 257, None), 13),
+    "v3_e2e_rnnt": (rnnt_cfg(V3_PRE, V3_ENC, 1025, None, 320, 320), 14),
 }
+# The real e2e tokenizers are not available; a piece list of the real size needs more text than
+# SP_TEXT, so real-size tokenizers also see this many made-up lines (`pseudo_text`)
+REAL_SP_LINES = 300
+BYTE_FALLBACK = {"v3_e2e_rnnt"}
+REFINE = {"v3_e2e_rnnt": 2}  # joint rebalancing rounds on the visited states (`build`)
 # A tiny SentencePiece model for the e2e checkpoint, trained on text written for this purpose
 SP_TEXT = [
     "Барсук убежал из вольера и долго гулял по ночному городу.",
@@ -119,15 +133,37 @@ def env() -> dict[str, str]:
             "gigaam_commit": GIGAAM_COMMIT}  # fmt: skip
 
 
-def train_sentencepiece(path: Path, vocab_size: int) -> None:
+def pseudo_text(n_lines: int, seed: int = 0) -> list[str]:
+    """Sentences of made-up Russian-looking words (consonant-vowel syllables, capitalised first
+    word, final punctuation): enough distinct subwords for a real-size BPE piece list."""
+    rng = np.random.default_rng(seed)
+    cons, vows = "бвгджзклмнпрстфхцчшщ", "аеёиоуыэюя"
+    lines = []
+    for _ in range(n_lines):
+        words = ["".join(cons[rng.integers(len(cons))] + vows[rng.integers(len(vows))]
+                         for _ in range(rng.integers(1, 5)))
+                 for _ in range(rng.integers(4, 11))]  # fmt: skip
+        lines.append(" ".join(words).capitalize() + ".?!"[rng.integers(3)])
+    return lines
+
+
+def n_classes(cfg_dict: dict) -> int:
+    head = cfg_dict["head"]
+    return head["decoder"]["num_classes"] if "decoder" in head else head["num_classes"]
+
+
+def train_sentencepiece(path: Path, vocab_size: int, extra_lines: int = 0,
+                        byte_fallback: bool = False) -> None:  # fmt: skip
     import sentencepiece as spm
 
     text = path.with_suffix(".txt")
-    text.write_text("\n".join(SP_TEXT * 4) + "\n", encoding="utf-8")
+    lines = SP_TEXT * 4 + (pseudo_text(extra_lines) if extra_lines else [])
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
     spm.SentencePieceTrainer.train(
         input=str(text), model_prefix=str(path.with_suffix("")), vocab_size=vocab_size,
         model_type="bpe", character_coverage=1.0, normalization_rule_name="identity",
         bos_id=-1, eos_id=-1, unk_id=0, num_threads=1, minloglevel=2,
+        byte_fallback=byte_fallback,
     )  # fmt: skip
     text.unlink()
     path.with_suffix(".vocab").unlink()
@@ -179,7 +215,32 @@ def _balance(w, b, h, blank_share: float) -> None:
         b[-1] += (need[i - 1] + need[i]) / 2
 
 
-def build(cfg_dict: dict, seed: int, wav, tokenizer: Path | None):
+def _visited_states(model, enc, enc_len):
+    """Prediction-net outputs (N, P) along the official greedy RNN-T path, recorded around
+    `decoder.predict` while `model.decoding.decode` runs."""
+    import torch
+
+    dec, seen = model.head.decoder, []
+    predict = dec.predict
+
+    def record(*args, **kwargs):
+        g, state = predict(*args, **kwargs)
+        seen.append(g[:, 0])
+        return g, state
+
+    dec.predict = record
+    try:
+        model.decoding.decode(model.head, enc, enc_len)
+    finally:
+        del dec.predict
+    return torch.cat(seen).unique(dim=0)
+
+
+def build(cfg_dict: dict, seed: int, wav, tokenizer: Path | None, refine: int = 0):
+    """`refine` (RNN-T): rebalance the joint this many times on the one-step prediction-net
+    outputs plus those the greedy path visits (states after many tokens drift from one-step
+    ones, and at real size with 1025 classes the path otherwise hits the symbol cap on every
+    frame)."""
     import torch
     from gigaam.model import GigaAMASR
     from omegaconf import OmegaConf
@@ -204,9 +265,12 @@ def build(cfg_dict: dict, seed: int, wav, tokenizer: Path | None):
             gk, _ = dec.predict(torch.arange(n_cls)[:, None], batch_state, n_cls)
             g = torch.cat([g0[0], gk[:, 0]])  # (1 + C, P)
             joint = model.head.joint
-            h = torch.relu(joint.enc(x)[:, None] + joint.pred(g)[None])  # (T, 1 + C, J)
-            h = h.reshape(-1, joint.pred.out_features)
-            _balance(joint.joint_net[1].weight, joint.joint_net[1].bias, h, 0.9)
+            w, b = joint.joint_net[1].weight, joint.joint_net[1].bias
+            for i in range(1 + refine):
+                g_i = g if i == 0 else torch.cat([g, _visited_states(model, enc, enc_len)])
+                h = torch.relu(joint.enc(x)[:, None] + joint.pred(g_i)[None])  # (T, N, J)
+                h = h.reshape(-1, joint.pred.out_features)
+                _balance(w, b, h, 0.9)
     return cfg, model
 
 
@@ -267,17 +331,18 @@ def load_wav():
     return torch.from_numpy(audio.astype(np.float32) / 32768.0)  # gigaam load_audio scaling
 
 
-def make_tiny(out_ckpt: Path, out_golden: Path) -> None:
+def make_tiny(out_ckpt: Path, out_golden: Path, names: list[str]) -> None:
     import torch
 
     torch.set_num_threads(1)
     wav = load_wav()
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (cfg_dict, seed) in TINY.items():
+        for name in names:
+            cfg_dict, seed = TINY[name]
             tok = None
             if "e2e" in name:
                 tok = out_ckpt / f"{name}_tokenizer.model"
-                train_sentencepiece(tok, cfg_dict["head"]["decoder"]["num_classes"] - 1)
+                train_sentencepiece(tok, n_classes(cfg_dict) - 1)
             cfg, model = build(cfg_dict, seed, wav, tok)
             path = save_official(cfg, model, out_ckpt, name)
             if tok is not None:
@@ -299,14 +364,21 @@ def make_real(out: Path, names: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
         cfg_dict, seed = REAL[name]
-        cfg, model = build(cfg_dict, seed, wav, None)
+        tok = None
+        if "e2e" in name:  # next to the ckpt under the official name, where load_model looks
+            tok = out / f"{name}_tokenizer.model"
+            train_sentencepiece(tok, n_classes(cfg_dict) - 1, REAL_SP_LINES, name in BYTE_FALLBACK)
+        cfg, model = build(cfg_dict, seed, wav, tok, REFINE.get(name, 0))
         save_official(cfg, model, out, name)
+        del model
         ref = run_reference(load_official(out, name), wav)
         summary = {"mel": ref["mel"], "enc_head": ref["enc"][:, :16], "enc_len": ref["enc_len"],
                    "enc_norm": np.linalg.norm(ref["enc"], axis=1), "tokens": ref["tokens"],
                    "frames": ref["frames"], "text": ref["text"],
                    "layer0_head": ref["layer0"][:, :16]}  # fmt: skip
         summary.update({k: ref[k] for k in ("log_probs", "joint0") if k in ref})
+        if "e2e" in name:  # same front end and buffers as v3_ctc: its summary holds the mel
+            del summary["mel"]
         np.savez_compressed(out / f"gigaam_real_{name}.npz", **summary)
         print(f"{name}: {len(ref['tokens'])} tokens: {str(ref['text'])[:60]!r}")
 
@@ -314,7 +386,7 @@ def make_real(out: Path, names: list[str]) -> None:
 def check() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        make_tiny(t, t)
+        make_tiny(t, t, list(TINY))
         bad = 0
         for name in TINY:
             new, old = np.load(t / f"gigaam_{name}.npz"), np.load(GOLDEN_DIR / f"gigaam_{name}.npz")
@@ -328,15 +400,15 @@ def check() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--real", type=Path, help="write real-size ckpts + summaries into this dir")
-    ap.add_argument("--names", nargs="*", default=list(REAL), help="real-size models to build")
+    ap.add_argument("--names", nargs="*", help="models to build (default: all tiny, or all real)")
     ap.add_argument("--check", action="store_true", help="rebuild tiny goldens and compare")
     args = ap.parse_args()
     if args.check:
         return check()
     if args.real:
-        make_real(args.real, args.names)
+        make_real(args.real, args.names or list(REAL))
         return 0
-    make_tiny(TINY_DIR, GOLDEN_DIR)
+    make_tiny(TINY_DIR, GOLDEN_DIR, args.names or list(TINY))
     return 0
 
 

@@ -21,7 +21,7 @@ from npasr.types import ModelFileError, TranscriptionResult, UnsafeCheckpointErr
 REPO = Path(__file__).resolve().parents[2]
 TINY, GOLDEN = REPO / "tests" / "tiny", REPO / "tests" / "golden"
 AUDIO = REPO.parent / "shared" / "data" / "ru_sherpa-qwen3-ru1.wav"
-NAMES = ["tiny_v3_ctc", "tiny_v3_rnnt", "tiny_v3_e2e_rnnt", "tiny_v2rel_ctc"]
+NAMES = ["tiny_v3_ctc", "tiny_v3_rnnt", "tiny_v3_e2e_ctc", "tiny_v3_e2e_rnnt", "tiny_v2rel_ctc"]
 # measured: mel 9.6e-5 (v3) / 2.7e-4 (v2, centred STFT): the reference STFT is float32, ours
 # float64; subsampling 6.7e-6, layer 0 2.5e-6, encoder 4.0e-6, CTC log-probs 2.4e-6
 MEL_TOL = {"tiny_v2rel_ctc": 5e-4}
