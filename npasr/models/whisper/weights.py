@@ -403,12 +403,19 @@ def _default_tokenizer(pt: Path, cfg: WhisperConfig) -> Path:
 # "old-sposed" on en_psphinx-austen-0890, so it stays f16 despite the bandwidth it costs.
 _KEEP_FLOAT = re.compile(r"(conv\d\.weight|token_embedding\.weight|positional_embedding)$")
 _KEEP_F32 = re.compile(r"positional_embedding$")
+# Q8_0 in the 4-bit files too: every attention projection and the whole decoder, so only the
+# encoder MLPs (two thirds of the encoder) are 4-bit. Measured (bench/RESULTS.md, 5-minute file):
+# with everything 4-bit, tiny.en q4_0 fell into repetition loops (WER 0.07 -> 0.68) and base q4_k
+# rose 0.04 -> 0.09; with this rule both match f16 or better.
+_Q8_0 = re.compile(r"(\.attn\.(query|key|value|out)\.|^decoder\.)")
 
 
 def gguf_tensors(src: WhisperSource, wtype: str) -> dict[str, np.ndarray | RawTensor]:
     """Storage type per tensor: `npasr.io.weights.storage_for` with Whisper's keep-float names,
     so the 2-D attention and MLP matrices are the ones quantized."""
-    return {n: storage_for(n, a, wtype, _KEEP_FLOAT, _KEEP_F32) for n, a in src.tensors.items()}
+    return {
+        n: storage_for(n, a, wtype, _KEEP_FLOAT, _KEEP_F32, _Q8_0) for n, a in src.tensors.items()
+    }
 
 
 def save_gguf(src: WhisperSource, out: str | os.PathLike[str], wtype: str = "f16") -> Path:
