@@ -25,7 +25,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npasr import threads
 from npasr.io.gguf import GGMLType
 from npasr.nn import int8_gemm, quant, ref
 from npasr.nn.quant import QTensor
@@ -84,14 +83,6 @@ def _check_kernel(x: np.ndarray, w: QTensor) -> None:
     bound = n * U / (1 - n * U) * _term_sum(x, w) + U * np.abs(want)
     excess = np.abs(y.astype(np.float64) - want) - bound
     assert excess.max() <= 0, f"max error above the bound by {excess.max():.3g}"
-
-
-@pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
-def n_threads(request: pytest.FixtureRequest):
-    before = threads.get_num_threads()
-    threads.set_num_threads(request.param)
-    yield request.param
-    threads.set_num_threads(before)
 
 
 @needs_vnni

@@ -18,20 +18,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npasr import threads
 from npasr.nn import kernels, ops, ref
 
 from . import assert_runs_without_jit
 
 SHAPES = [(1, 1), (1, 64), (3, 1, 7), (2, 33, 100), (5, 1500), (8, 31, 1500)]
-
-
-@pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
-def n_threads(request: pytest.FixtureRequest):
-    before = threads.get_num_threads()
-    threads.set_num_threads(request.param)
-    yield request.param
-    threads.set_num_threads(before)
 
 
 def _rand(shape: tuple[int, ...], scale: float = 3.0, seed: int = 0) -> np.ndarray:

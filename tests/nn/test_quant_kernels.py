@@ -19,7 +19,6 @@ import warnings
 import numpy as np
 import pytest
 
-from npasr import threads
 from npasr.io.gguf import GGMLType
 from npasr.nn import int8_gemm, ops, quant, ref
 from npasr.nn.quant import QTensor
@@ -70,14 +69,6 @@ def _weight(qtype: GGMLType, n: int, k: int, seed: int = 0) -> QTensor:
     w = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32)
     w[3] = 0.0  # an all-zero output row
     return quant.quantize(w, qtype)
-
-
-@pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
-def n_threads(request: pytest.FixtureRequest):
-    before = threads.get_num_threads()
-    threads.set_num_threads(request.param)
-    yield request.param
-    threads.set_num_threads(before)
 
 
 @pytest.mark.parametrize("qtype", FUSED, ids=lambda t: t.name)
