@@ -250,7 +250,7 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | Non
         and (mask is None or (shared == 0 and mask.shape == (n_q, n_k)))
     ):
         # (E..., L..., Tq, Dh) -> (L, E * Tq, Dh): every query row of a group meets the same keys
-        qg = np.moveaxis(q, range(shared), range(-2 - shared, -2))
+        qg = np.moveaxis(q, range(shared), range(-2 - shared, -2)) if shared else q
         qg = qg.reshape(-1, math.prod(lead[:shared]) * n_q, dh)
         out = np.empty(qg.shape, np.float32)
         t_all = k.shape[-2]
@@ -262,6 +262,8 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | Non
             _EMPTY.reshape(0, 0) if mask is None else np.asarray(mask, np.float32),
             n_k,
         )
+        if not shared:
+            return out.reshape(q.shape)
         out = out.reshape(*lead[shared:], *lead[:shared], n_q, dh)
         return np.moveaxis(out, range(-2 - shared, -2), range(shared))
     if n_k < k.shape[-2]:

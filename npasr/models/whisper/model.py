@@ -23,14 +23,17 @@ from npasr.nn.layers import Conv1d, LayerNorm, Linear
 from npasr.nn.quant import QTensor
 from npasr.types import F16, F32, ModelFileError
 
+# (swapaxes rather than np.moveaxis / np.split below: these run ~20 times per decoding step,
+# where moveaxis's 2.3 us and split's 4 us per call were a measurable share of a 5 ms step)
+
 
 def _split_heads(x: F32, n_head: int) -> F32:  # (..., T, D) -> (..., H, T, Dh)
     *lead, t, d = x.shape
-    return np.moveaxis(x.reshape(*lead, t, n_head, d // n_head), -2, -3)
+    return x.reshape(*lead, t, n_head, d // n_head).swapaxes(-2, -3)
 
 
 def _merge_heads(x: F32) -> F32:  # (..., H, T, Dh) -> (..., T, D)
-    x = np.moveaxis(x, -3, -2)
+    x = x.swapaxes(-3, -2)
     return np.ascontiguousarray(x).reshape(*x.shape[:-2], -1)
 
 
@@ -78,8 +81,10 @@ class SelfAttention:
 
     def project(self, x: F32) -> tuple[F32, F32, F32]:
         """x (..., T, D) -> q, k, v, each (..., H, T, Dh)."""
-        q, k, v = np.split(self.qkv(x), 3, axis=-1)
-        return tuple(_split_heads(a, self.n_head) for a in (q, k, v))  # type: ignore[return-value]
+        y = self.qkv(x)
+        d = y.shape[-1] // 3
+        q, k, v = (_split_heads(y[..., i * d : (i + 1) * d], self.n_head) for i in range(3))
+        return q, k, v
 
     def attend(
         self, q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | None = None
