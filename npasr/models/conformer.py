@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from npasr.io.weights import Weights
-from npasr.nn import ref
+from npasr.nn import ops, ref
 from npasr.nn.layers import BatchNorm1d, LayerNorm, Linear
 from npasr.types import F32
 
@@ -123,7 +123,7 @@ class RotaryAttention:
         q = _split_heads(self.linear_q(xr), self.n_heads)  # (H, T, Dh)
         k = _split_heads(self.linear_k(xr), self.n_heads)
         v = _split_heads(self.linear_v(x), self.n_heads)
-        return self.linear_out(_merge_heads(ref.attention(q, k, v)))
+        return self.linear_out(_merge_heads(ops.attention(q, k, v)))
 
 
 @dataclass
@@ -164,7 +164,7 @@ class RelPositionAttention:
         i, j = np.arange(t)[:, None], np.arange(t)[None, :]
         bd = bd[:, i, t - 1 - i + j]  # (H, T, T): row i keeps relative position i - j
         s = (ac + bd) * np.float32(self.pos_bias_u.shape[-1] ** -0.5)
-        return self.linear_out(_merge_heads(ref.softmax(s) @ v))
+        return self.linear_out(_merge_heads(ops.softmax(s) @ v))
 
 
 def rotary_tables(t: int, cfg: ConformerConfig) -> tuple[F32, F32]:
