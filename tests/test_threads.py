@@ -75,3 +75,26 @@ def test_rejects_less_than_one(bad):
 def test_rejects_non_integers(bad):
     with pytest.raises(TypeError):
         threads.set_num_threads(bad)
+
+
+def _import_warnings(code: str) -> str:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    run = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True,
+        timeout=120, check=True,
+    )  # fmt: skip
+    return run.stderr
+
+
+def test_warns_when_numpy_was_imported_first() -> None:
+    """OpenBLAS reads its spin timeout when NumPy loads: importing npasr after NumPy cannot set
+    it any more, and npasr says so (once, with the fix); imported first, it sets it silently."""
+    late = _import_warnings("import numpy, npasr")
+    assert "OPENBLAS_THREAD_TIMEOUT" in late and "import npasr first" in late
+    early = _import_warnings(
+        "import npasr, os, numpy; assert os.environ['OPENBLAS_THREAD_TIMEOUT'] == '4'"
+    )
+    assert "OPENBLAS_THREAD_TIMEOUT" not in early
