@@ -18,7 +18,7 @@ import numpy as np
 from npasr.io.gguf import RawTensor
 from npasr.io.weights import Weights
 from npasr.models.whisper.config import WhisperConfig
-from npasr.nn import ops
+from npasr.nn import int8_gemm, ops
 from npasr.nn.layers import Conv1d, LayerNorm, Linear
 from npasr.nn.quant import QTensor
 from npasr.types import F16, F32, ModelFileError
@@ -232,6 +232,11 @@ class TextDecoder:
     positional_embedding: F32  # (n_text_ctx, D) learned
     blocks: list[ResidualAttentionBlock]
     ln: LayerNorm
+    # Quantized models: a Q8_0 copy of the f16 table for the output projection only (half the
+    # bytes every step reads; measured on the 5-minute file: tiny.en 6.0 -> 5.3 s, base 11.5
+    # -> 11.0 s, transcripts unchanged). The input lookup keeps the f16 rows: a Q8_0 table for
+    # both had changed a word on tiny.en ("ill-disposed").
+    output: QTensor | None = None
 
     @classmethod
     def load(cls, w: Weights, cfg: WhisperConfig) -> TextDecoder:
@@ -257,11 +262,16 @@ class TextDecoder:
             assert cross is not None
             for lin in (blk.attn.qkv, blk.attn.out, cross.query, cross.out, *blk.mlp.layers()):
                 lin.prepare_gemv()
+        output = None
+        if isinstance(table, np.ndarray) and isinstance(blocks[0].mlp.fc1.weight, QTensor):
+            output = int8_gemm.quantize_q8_0(table)
+            output.repack()
         return cls(
             table,
             w.f32("positional_embedding", (cfg.n_text_ctx, d)),
             blocks,
             LayerNorm.load(w.sub("ln")),
+            output,
         )
 
     def cross_kv(self, audio_features: F32) -> CrossKV:
@@ -295,7 +305,7 @@ class TextDecoder:
 
     def logits(self, hidden: F32) -> F32:
         """hidden (..., D) -> logits (..., V)."""
-        return ops.linear(hidden, self.token_embedding)
+        return ops.linear(hidden, self.token_embedding if self.output is None else self.output)
 
 
 @dataclass
