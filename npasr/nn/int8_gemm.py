@@ -437,18 +437,21 @@ def gemm(x: F32, w: QTensor) -> F32 | None:
     return out if n_pad == gp.n else np.ascontiguousarray(out[:, : gp.n])
 
 
-def quantize_q8_0(w: np.ndarray, chunk_rows: int = 4096) -> QTensor:
-    """A float matrix (N, K) (K a multiple of 32) as GGML Q8_0 blocks, fast: the activation
-    quantizer above on `chunk_rows` rows at a time (d = max|w| / 127 per 32-block, q = rint(w /
-    d) with ties to even, d stored as float16 as Q8_0 does). It differs from `quant.quantize`'s
-    gguf-exact Q8_0 only on exact .5 ties (there: away from zero); for matrices quantized at
-    load time (~0.1 s for a 51865 x 512 table, where `quant.quantize` takes 1 s), not for files.
+def quantize_q8_0(w: np.ndarray, chunk_rows: int = 4096) -> Packed:
+    """A float matrix (N, K) (K a multiple of 32) quantized as GGML Q8_0 would store it, fast,
+    straight into the GEMV layout (`Packed` kind "i8"; no block bytes kept): the activation
+    quantizer above on `chunk_rows` rows at a time, d = max|w| / 127 per 32-block, q = rint(w /
+    d) with ties to even, d rounded to float16 as Q8_0 stores it. It differs from
+    `quant.quantize`'s gguf-exact Q8_0 only on exact .5 ties (there: away from zero). For
+    matrices quantized at load time (~0.06 s for a 51865 x 512 table; `quant.quantize` takes
+    1 s), not for files.
     """
     n, k = w.shape
     nbk = k // QB
     if k % QB:
         raise ValueError(f"quantize_q8_0: width {k} is not a multiple of {QB}")
-    blocks = np.empty((n, nbk, 2 + QB), np.uint8)
+    qs = np.empty((n, k), np.int8)
+    scale = np.empty((n, nbk), np.float32)
     for r0 in range(0, n, chunk_rows):
         r1 = min(n, r0 + chunk_rows)
         x = np.ascontiguousarray(w[r0:r1], dtype=np.float32)
@@ -458,8 +461,6 @@ def quantize_q8_0(w: np.ndarray, chunk_rows: int = 4096) -> QTensor:
             q = np.empty(x.shape, np.int8)
             sx, xs = np.empty((r1 - r0, nbk), np.float32), np.empty((r1 - r0, nbk), np.float32)
             quantize_rows_kernel(q, sx, xs, np.empty((r1 - r0, nbk), np.int32), x)
-        blocks[r0:r1, :, :2] = sx.astype(np.float16).view(np.uint8).reshape(r1 - r0, nbk, 2)
-        blocks[r0:r1, :, 2:] = q.reshape(r1 - r0, nbk, QB).view(np.uint8)
-    from npasr.io.gguf import GGMLType  # noqa: PLC0415
-
-    return QTensor(GGMLType.Q8_0, (n, k), blocks.reshape(n, -1))
+        qs[r0:r1] = q
+        scale[r0:r1] = sx.astype(np.float16)
+    return Packed("i8", qs, scale, None)

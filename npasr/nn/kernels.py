@@ -147,6 +147,24 @@ def _gelu_row(orow: np.ndarray, xr: np.ndarray) -> None:
 
 
 @nb.njit(parallel=True, **_JIT)
+def softmax_inplace_kernel(x: np.ndarray) -> None:
+    """x (R, C) <- softmax of each row, in place (same numerics as `softmax_kernel`).
+
+    A separate kernel, not softmax_kernel(x, x): with its two arguments aliased, the loops run
+    LLVM's scalar fallback (its runtime overlap check fails) and took 1.5x the time of the whole
+    out-of-place call. In place saves the fresh (H, T, T) output, whose page faults cost as
+    much as the softmax itself (encoder self-attention scores)."""
+    for r in nb.prange(x.shape[0]):
+        xr = x[r]
+        m = _row_max(xr)
+        for j in range(xr.shape[0]):
+            xr[j] = _exp(xr[j] - m)
+        inv = _f(1.0) / _row_sum(xr)
+        for j in range(xr.shape[0]):
+            xr[j] *= inv
+
+
+@nb.njit(parallel=True, **_JIT)
 def gelu_kernel(out: np.ndarray, x: np.ndarray) -> None:
     """out (R, C) = exact-erf GELU of x (R, C); `ref.gelu`."""
     for r in nb.prange(x.shape[0]):

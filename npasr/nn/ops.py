@@ -73,6 +73,16 @@ def _gemv(x: F32, p: Packed, n_out: int) -> F32:
     return out
 
 
+def linear_packed(x: F32, p: Packed) -> F32:
+    """x (..., K) @ w.T for a weight held only in the GEMV layout (`Packed`, e.g. made at load
+    by `int8_gemm.quantize_q8_0`): the fused GEMV for any number of rows (MAX_ROWS per pass)."""
+    n_out, k = p.qs.shape[0], x.shape[-1]
+    if p.scale.shape != (n_out, k // qk.QB):
+        raise ValueError(f"linear_packed: x {x.shape} does not match weight rows of width {k}")
+    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, k)
+    return _gemv(x2, p, n_out).reshape(*x.shape[:-1], n_out)
+
+
 def _linear_f16(x: F32, w: np.ndarray) -> F32:
     """x (M, K) @ w.T for a float16 weight (N, K) kept in float16 (half the bytes of f32).
 
@@ -272,6 +282,10 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | Non
     s = (q * scale) @ np.swapaxes(k, -1, -2)
     if mask is not None:
         s += mask
+    if _use_kernel(s) and s.flags.c_contiguous:
+        # in place: a fresh (H, Tq, Tk) output costs as much in page faults as the softmax
+        kernels.softmax_inplace_kernel(s.reshape(-1, n_k))
+        return s @ v
     return softmax(s) @ v
 
 

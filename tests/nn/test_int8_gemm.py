@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from npasr.io.gguf import GGMLType
-from npasr.nn import int8_gemm, quant, ref
+from npasr.nn import int8_gemm, ops, quant, ref
 from npasr.nn.quant import QTensor
 
 from . import assert_runs_without_jit
@@ -185,23 +185,27 @@ def test_python_path_with_jit_disabled() -> None:
 
 
 def test_quantize_q8_0_matches_gguf_q8_0_but_ties() -> None:
-    """The load-time Q8_0 quantizer: the same blocks as `quant.quantize` (gguf-exact) except
-    on exact .5 ties, which round to even (one step apart there); f16 input as the Whisper
-    table; chunking invisible; a width that is not a multiple of 32 refused."""
+    """The load-time Q8_0 quantizer: the values and scales `quant.quantize` (gguf-exact) stores,
+    except on exact .5 ties, which round to even (one step apart there); f16 input as the
+    Whisper table; chunking invisible; used through ops.linear_packed; a width that is not a
+    multiple of 32 refused."""
     rng = np.random.default_rng(7)
     w = (rng.standard_normal((300, 96)) * 0.05).astype(np.float16)
     w[5] = 0.0
     fast = int8_gemm.quantize_q8_0(w, chunk_rows=64)
-    want = quant.quantize(w.astype(np.float32), GGMLType.Q8_0)
-    assert fast.qtype == GGMLType.Q8_0 and fast.shape == (300, 96)
-    fb, wb = fast.blocks.reshape(-1, 34), want.blocks.reshape(-1, 34)
-    np.testing.assert_array_equal(fb[:, :2], wb[:, :2])  # the f16 scales
-    d = wb[:, :2].copy().view(np.float16).astype(np.float32)  # (blocks, 1)
-    x = w.astype(np.float32).reshape(-1, 32) / np.where(d == 0, 1, d)
-    q_fast, q_want = fb[:, 2:].view(np.int8), wb[:, 2:].view(np.int8)
-    tie = np.abs(np.abs(x - np.trunc(x)) - 0.5) < 1e-3
-    assert (q_fast == q_want)[~tie].all()
-    assert (np.abs(q_fast.astype(int) - q_want)[tie] <= 1).all()
-    np.testing.assert_array_equal(fast.dequantize(), int8_gemm.quantize_q8_0(w).dequantize())
+    want = quant.quantize(w.astype(np.float32), GGMLType.Q8_0).repack()
+    assert fast.kind == "i8" and fast.qs.shape == (300, 96) and fast.offset is None
+    np.testing.assert_array_equal(fast.scale, want.scale)
+    x = (
+        w.astype(np.float32).reshape(300, 3, 32)
+        / np.where(want.scale == 0, 1, want.scale)[..., None]
+    )
+    tie = (np.abs(np.abs(x - np.trunc(x)) - 0.5) < 1e-3).reshape(300, 96)
+    assert (fast.qs == want.qs)[~tie].all()
+    assert (np.abs(fast.qs.astype(int) - want.qs)[tie] <= 1).all()
+    np.testing.assert_array_equal(fast.qs, int8_gemm.quantize_q8_0(w).qs)
+    xa = rng.standard_normal((3, 96)).astype(np.float32)
+    dq = (fast.qs.reshape(300, 3, 32) * fast.scale[..., None]).reshape(300, 96)
+    np.testing.assert_allclose(ops.linear_packed(xa, fast), xa @ dq.T, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="multiple of 32"):
         int8_gemm.quantize_q8_0(np.zeros((2, 40), np.float32))

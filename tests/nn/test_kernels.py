@@ -44,6 +44,16 @@ def test_softmax(shape: tuple[int, ...], n_threads: int) -> None:
     np.testing.assert_allclose(ops.softmax(x), want, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_softmax_inplace(shape: tuple[int, ...]) -> None:
+    """The in-place variant the attention scores use: the same numbers as `softmax_kernel`."""
+    x = _rand(shape)
+    want = _direct(kernels.softmax_kernel, x)
+    y = np.ascontiguousarray(x).reshape(-1, x.shape[-1]).copy()
+    kernels.softmax_inplace_kernel(y)
+    np.testing.assert_array_equal(y.reshape(x.shape), want)
+
+
 def test_softmax_masks_and_extremes() -> None:
     """Causal -inf masks (decoder), a 100-wide spread (exp clamp) and an all -inf row (NaN)."""
     x = _rand((6, 40, 40), scale=30.0)
@@ -116,6 +126,7 @@ ATTN_CASES = [  # q shape, k/v shape, mask (Tq, Tk) or None
     ((1, 6, 3, 64), (1, 6, 7, 64), "causal"),  # prompt rows over a cache
     ((2, 8, 64), (2, 1, 64), None),  # one key
     ((1, 4, 12, 32), (1, 4, 12, 32), "causal"),  # above GEMV_MAX_ROWS: matmul path
+    ((2, 200, 32), (2, 200, 32), "causal"),  # scores >= KERNEL_MIN_SIZE: in-place softmax
 ]
 
 
@@ -183,8 +194,8 @@ def test_backend_numpy_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("kernel called with NPASR_BACKEND=numpy")
 
     monkeypatch.setenv("NPASR_BACKEND", "numpy")
-    names = ("softmax_kernel", "gelu_kernel", "layer_norm_kernel", "gelu_serial_kernel")
-    for name in (*names, "layer_norm_serial_kernel", "attention_kernel"):
+    names = ("softmax_kernel", "softmax_inplace_kernel", "gelu_kernel", "layer_norm_kernel")
+    for name in (*names, "gelu_serial_kernel", "layer_norm_serial_kernel", "attention_kernel"):
         monkeypatch.setattr(kernels, name, boom)
     slow = (ops.softmax(x), ops.gelu(x), ops.layer_norm(x, g, b))
     small = x[0, :2]

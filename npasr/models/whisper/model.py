@@ -20,7 +20,7 @@ from npasr.io.weights import Weights
 from npasr.models.whisper.config import WhisperConfig
 from npasr.nn import int8_gemm, ops
 from npasr.nn.layers import Conv1d, LayerNorm, Linear
-from npasr.nn.quant import QTensor
+from npasr.nn.quant import Packed, QTensor
 from npasr.types import F16, F32, ModelFileError
 
 # (swapaxes rather than np.moveaxis / np.split below: these run ~20 times per decoding step,
@@ -236,7 +236,7 @@ class TextDecoder:
     # bytes every step reads; measured on the 5-minute file: tiny.en 6.0 -> 5.3 s, base 11.5
     # -> 11.0 s, transcripts unchanged). The input lookup keeps the f16 rows: a Q8_0 table for
     # both had changed a word on tiny.en ("ill-disposed").
-    output: QTensor | None = None
+    output: Packed | None = None
 
     @classmethod
     def load(cls, w: Weights, cfg: WhisperConfig) -> TextDecoder:
@@ -265,7 +265,6 @@ class TextDecoder:
         output = None
         if isinstance(table, np.ndarray) and isinstance(blocks[0].mlp.fc1.weight, QTensor):
             output = int8_gemm.quantize_q8_0(table)
-            output.repack()
         return cls(
             table,
             w.f32("positional_embedding", (cfg.n_text_ctx, d)),
@@ -305,7 +304,9 @@ class TextDecoder:
 
     def logits(self, hidden: F32) -> F32:
         """hidden (..., D) -> logits (..., V)."""
-        return ops.linear(hidden, self.token_embedding if self.output is None else self.output)
+        if self.output is None:
+            return ops.linear(hidden, self.token_embedding)
+        return ops.linear_packed(hidden, self.output)
 
 
 @dataclass
