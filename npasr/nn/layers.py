@@ -13,18 +13,20 @@ from npasr.io.gguf import RawTensor
 from npasr.io.weights import Weights
 from npasr.nn import ops, ref
 from npasr.nn.quant import QTensor
-from npasr.types import F32
+from npasr.types import F16, F32
 
 
 @dataclass
 class Linear:
-    weight: F32 | QTensor  # (Dout, Din); quantized weights stay quantized (ops.linear dispatches)
+    weight: F32 | F16 | QTensor  # (Dout, Din); quantized stay quantized (ops.linear dispatches)
     bias: F32 | None  # (Dout,)
 
     @classmethod
-    def load(cls, w: Weights, bias: bool = True) -> Linear:
+    def load(cls, w: Weights, bias: bool = True, half: bool = False) -> Linear:
         """Also loads a kernel-1 Conv1d (Dout, Din, 1), which is the same matrix (quantized files
-        store such a weight as its (Dout, Din) matrix)."""
+        store such a weight as its (Dout, Din) matrix). half: a float16 weight stays float16
+        (for matrices used mostly a few rows at a time, where `ops.linear`'s GEMV reads half the
+        bytes; many-row calls then widen it tile by tile, so encoders keep the default)."""
         t = w["weight"]
         if isinstance(t, RawTensor):
             # Kernel layouts are built on first use: the GEMV one (`QTensor.repack`) where a
@@ -32,7 +34,8 @@ class Linear:
             # encoder rows; an encoder weight thus never holds the GEMV copy.
             weight: F32 | QTensor = QTensor.from_raw(t)
         else:
-            weight = np.asarray(t, dtype=np.float32)
+            keep = half and t.dtype == np.float16 and t.ndim == 2
+            weight = np.ascontiguousarray(t) if keep else np.asarray(t, dtype=np.float32)
             if weight.ndim == 3 and weight.shape[-1] == 1:
                 weight = weight[:, :, 0]  # pointwise conv (Dout, Din, 1) -> (Dout, Din)
         return cls(weight, w.f32("bias") if bias else None)
@@ -54,7 +57,9 @@ class Linear:
         if len({w.shape[1] for w in ws}) != 1:
             raise ValueError(f"cannot stack weights of widths {[w.shape[1] for w in ws]}")
         qtypes = {w.qtype if isinstance(w, QTensor) else None for w in ws}
-        if len(qtypes) == 1 and None not in qtypes:
+        if all(isinstance(w, np.ndarray) and w.dtype == np.float16 for w in ws):
+            weight = np.concatenate(ws)  # type: ignore[arg-type]
+        elif len(qtypes) == 1 and None not in qtypes:
             q0 = ws[0]
             blocks = np.concatenate([w.blocks.reshape(w.shape[0], -1) for w in ws])  # type: ignore[union-attr]
             weight: F32 | QTensor = QTensor(q0.qtype, (blocks.shape[0], q0.shape[1]), blocks)  # type: ignore[union-attr]

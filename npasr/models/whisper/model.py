@@ -46,12 +46,12 @@ class MultiHeadAttention:
     n_head: int
 
     @classmethod
-    def load(cls, w: Weights, n_head: int) -> MultiHeadAttention:
+    def load(cls, w: Weights, n_head: int, half: bool = False) -> MultiHeadAttention:
         return cls(
-            Linear.load(w.sub("query")),
-            Linear.load(w.sub("key"), bias=False),
-            Linear.load(w.sub("value")),
-            Linear.load(w.sub("out")),
+            Linear.load(w.sub("query"), half=half),
+            Linear.load(w.sub("key"), bias=False, half=half),
+            Linear.load(w.sub("value"), half=half),
+            Linear.load(w.sub("out"), half=half),
             n_head,
         )
 
@@ -73,10 +73,12 @@ class SelfAttention:
     n_head: int
 
     @classmethod
-    def load(cls, w: Weights, n_head: int) -> SelfAttention:
-        parts = [Linear.load(w.sub("query")), Linear.load(w.sub("key"), bias=False)]
+    def load(cls, w: Weights, n_head: int, half: bool = False) -> SelfAttention:
+        parts = [Linear.load(w.sub("query"), half=half), Linear.load(w.sub("key"), False, half)]
         return cls(
-            Linear.stack([*parts, Linear.load(w.sub("value"))]), Linear.load(w.sub("out")), n_head
+            Linear.stack([*parts, Linear.load(w.sub("value"), half=half)]),
+            Linear.load(w.sub("out"), half=half),
+            n_head,
         )
 
     def project(self, x: F32) -> tuple[F32, F32, F32]:
@@ -98,8 +100,8 @@ class MLP:
     fc2: Linear  # openai key "mlp.2"
 
     @classmethod
-    def load(cls, w: Weights) -> MLP:
-        return cls(Linear.load(w.sub(0)), Linear.load(w.sub(2)))
+    def load(cls, w: Weights, half: bool = False) -> MLP:
+        return cls(Linear.load(w.sub(0), half=half), Linear.load(w.sub(2), half=half))
 
     def __call__(self, x: F32) -> F32:
         return self.fc2(ops.gelu(self.fc1(x)))
@@ -119,12 +121,14 @@ class ResidualAttentionBlock:
 
     @classmethod
     def load(cls, w: Weights, n_head: int, cross: bool) -> ResidualAttentionBlock:
+        # Decoder blocks (cross=True) keep float16 matrices as they are: every decoding step
+        # reads them all for one row (or a beam), so the f16 GEMV halves the bytes.
         return cls(
-            SelfAttention.load(w.sub("attn"), n_head),
+            SelfAttention.load(w.sub("attn"), n_head, half=cross),
             LayerNorm.load(w.sub("attn_ln")),
-            MultiHeadAttention.load(w.sub("cross_attn"), n_head) if cross else None,
+            MultiHeadAttention.load(w.sub("cross_attn"), n_head, half=cross) if cross else None,
             LayerNorm.load(w.sub("cross_attn_ln")) if cross else None,
-            MLP.load(w.sub("mlp")),
+            MLP.load(w.sub("mlp"), half=cross),
             LayerNorm.load(w.sub("mlp_ln")),
         )
 
