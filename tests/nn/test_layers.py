@@ -11,26 +11,30 @@ from npasr.nn.layers import Linear
 from npasr.nn.quant import QTensor
 
 
-def _lin(rng: np.random.Generator, n: int, k: int, qtype: GGMLType | None, bias: bool) -> Linear:
+def _lin(rng: np.random.Generator, n: int, k: int, qtype: object, bias: bool) -> Linear:
     w = rng.standard_normal((n, k)).astype(np.float32)
-    weight = quant.quantize(w, qtype) if qtype is not None else w
+    if qtype == "f16":
+        weight = w.astype(np.float16)
+    else:
+        weight = quant.quantize(w, qtype) if qtype is not None else w
     return Linear(weight, rng.standard_normal(n).astype(np.float32) if bias else None)
 
 
 def _dense(lin: Linear) -> np.ndarray:
     w = lin.weight
-    return w.dequantize() if isinstance(w, QTensor) else w
+    return w.dequantize() if isinstance(w, QTensor) else w.astype(np.float32)
 
 
 @pytest.mark.parametrize(
     "qtypes",
     [
         (None, None, None),
+        ("f16",) * 3,
         (GGMLType.Q8_0,) * 3,
         (GGMLType.Q4_K,) * 3,
         (GGMLType.Q8_0, None, GGMLType.Q4_0),
     ],
-    ids=["float", "q8_0", "q4_k", "mixed"],
+    ids=["float", "f16", "q8_0", "q4_k", "mixed"],
 )
 @pytest.mark.parametrize("rows", [1, 20])
 def test_stack_equals_the_parts(qtypes: tuple, rows: int) -> None:
@@ -44,8 +48,10 @@ def test_stack_equals_the_parts(qtypes: tuple, rows: int) -> None:
     fused = Linear.stack(parts)
     x = rng.standard_normal((rows, 256)).astype(np.float32)
     want = np.concatenate([ref.linear(x, _dense(p), p.bias) for p in parts], axis=-1)
-    same_type = len(set(qtypes)) == 1 and qtypes[0] is not None
+    same_type = len(set(qtypes)) == 1 and qtypes[0] not in (None, "f16")
     assert isinstance(fused.weight, QTensor) == same_type
+    if qtypes[0] == "f16":  # stays half
+        assert fused.weight.dtype == np.float16
     np.testing.assert_array_equal(_dense(fused), np.concatenate([_dense(p) for p in parts]))
     # the kernels' contracts: float32 summation order (GEMV) or int8 activations (GEMM rows)
     tol = 2e-2 * np.abs(want).max() if rows > 8 and same_type else 1e-4 * np.abs(want).max()
