@@ -1,6 +1,8 @@
 """Parameter-holding layers: a dataclass of arrays, a `load` from `Weights`, and `__call__`.
 
-Compute is float32; weights stored as f16 are widened once at load time.
+Compute is float32. Weights stored as f16 are widened once at load time, except where a layer is
+loaded with `half=True` (decoder matrices read a few rows at a time): those stay f16 and
+`ops.linear` widens them inside its kernels.
 """
 
 from __future__ import annotations
