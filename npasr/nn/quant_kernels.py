@@ -5,8 +5,9 @@ Every kernel computes `ref.linear` on `quant.dequantize(w)` (tests/nn/test_quant
     w[r, 32 b + j] = scale[r, b] * v[r, 32 b + j] - offset[r, b]
 
 with v int8 ("i8": Q8_0, Q5_0, Q5_1, Q5_K) or a nibble ("u4": Q4_0, Q4_1, Q4_K; byte 16 b + j holds
-v[32 b + j] in its low and v[32 b + j + 16] in its high nibble). Shapes: M activation rows,
-N weight rows (outputs), K inputs, NB = K // 32 blocks per row.
+v[32 b + j] in its low and v[32 b + j + 16] in its high nibble). The GEMV also reads a plain
+float16 matrix (KIND_F16: v the half values, no scale or offset), widening each value exactly.
+Shapes: M activation rows, N weight rows (outputs), K inputs, NB = K // 32 blocks per row.
 
 How the GEMV is written, and why (measured on Zen 4 with Numba 0.68 / LLVM 15):
 * Numba types uint8/int8 arithmetic as int64, and LLVM leaves the 16- and 32-long per-block loops
