@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def _warn_fallback(w: QTensor) -> None:
         warnings.warn(
             f"no fused kernel for {w.qtype.name}; linear() falls back to dequantize + BLAS "
             "(correct, slower)",
-            stacklevel=3,
+            stacklevel=4,  # the caller of linear()
         )
 
 
@@ -86,53 +87,50 @@ def linear_packed(x: F32, p: Packed) -> F32:
 def _linear_f16(x: F32, w: np.ndarray) -> F32:
     """x (M, K) @ w.T for a float16 weight (N, K) kept in float16 (half the bytes of f32).
 
-    Few rows: the fused GEMV widens each half exactly (as `w.astype(np.float32)`); more rows:
-    TILE_BYTES of rows widened at a time into one f32 buffer for BLAS.
+    Few rows: the fused GEMV over the half values (kind "f16", widened exactly, as
+    `w.astype(np.float32)`); more rows: the tile loop of `_tiled`.
     """
-    m, k = x.shape
-    n_out = w.shape[0]
-    if m <= GEMV_MAX_ROWS and k % qk.QB == 0 and w.flags.c_contiguous:
-        out = np.empty((m, n_out), np.float32)
-        qk.gemv_kernel(
-            out,
-            x.reshape(-1),
-            _EMPTY,
-            w.reshape(-1).view(np.uint16),
-            _EMPTY,
-            _EMPTY,
-            m,
-            k,
-            qk.KIND_F16,
-        )
-        return out
-    tile = max(qk.ROW_CHUNK, min(n_out, TILE_BYTES // (4 * k)))
-    out = np.empty((m, n_out), np.float32)
-    buf = np.empty((tile, k), np.float32)
-    for r0 in range(0, n_out, tile):
-        r1 = min(n_out, r0 + tile)
-        wt = buf[: r1 - r0]
-        wt[:] = w[r0:r1]
-        np.matmul(x, wt.T, out=out[:, r0:r1])
-    return out
+    n_out, k = w.shape
+    if x.shape[0] <= GEMV_MAX_ROWS and k % qk.QB == 0:
+        half = np.ascontiguousarray(w).reshape(-1).view(np.uint16)
+        return _gemv(x, Packed("f16", half, _EMPTY, None), n_out)
+
+    def fill(wt: F32, r0: int, r1: int) -> None:
+        wt[:] = w[r0:r1].reshape(-1)
+
+    return _tiled(x, n_out, fill)
 
 
 def _gemm(x: F32, w: QTensor, p: Packed | None) -> F32:
-    """x (M, K) -> (M, N): weight tiles of TILE_BYTES dequantized into one buffer, then BLAS."""
+    """x (M, K) -> (M, N) for a QTensor: the tile loop of `_tiled`, each tile dequantized by the
+    Numba kernel of the layout (or by NumPy for a type without one)."""
     k = x.shape[1]
-    n_out = w.blocks.shape[0]
+    if p is None:
+
+        def fill(wt: F32, r0: int, r1: int) -> None:
+            wt[:] = w.dequantize_rows(r0, r1).reshape(-1)
+
+    else:
+        qs, scale, offset = _flat(p.qs), _flat(p.scale), _flat(p.offset)
+        kernel = qk.dequant_i8_kernel if p.kind == "i8" else qk.dequant_u4_kernel
+
+        def fill(wt: F32, r0: int, r1: int) -> None:
+            kernel(wt, qs, scale, offset, r0, k)
+
+    return _tiled(x, w.blocks.shape[0], fill)
+
+
+def _tiled(x: F32, n_out: int, fill: Callable[[F32, int, int], None]) -> F32:
+    """x (M, K) -> (M, N): `fill(buf, r0, r1)` writes weight rows r0:r1 as float32 into a reused
+    buffer of TILE_BYTES, which BLAS then multiplies (compute bound at encoder sizes)."""
+    k = x.shape[1]
     tile = max(qk.ROW_CHUNK, min(n_out, TILE_BYTES // (4 * k)))
     out = np.empty((x.shape[0], n_out), np.float32)
     buf = np.empty(tile * k, np.float32)
-    if p is not None:
-        qs, scale, offset = _flat(p.qs), _flat(p.scale), _flat(p.offset)
-        kernel = qk.dequant_i8_kernel if p.kind == "i8" else qk.dequant_u4_kernel
     for r0 in range(0, n_out, tile):
         r1 = min(n_out, r0 + tile)
         wt = buf[: (r1 - r0) * k]
-        if p is None:
-            wt[:] = w.dequantize_rows(r0, r1).reshape(-1)
-        else:
-            kernel(wt, qs, scale, offset, r0, k)
+        fill(wt, r0, r1)
         np.matmul(x, wt.reshape(r1 - r0, k).T, out=out[:, r0:r1])
     return out
 
@@ -143,30 +141,32 @@ def linear(x: F32, w: F32 | QTensor, b: F32 | None = None) -> F32:
     `w` may be a float array or a 2-D `QTensor`; the result equals `ref.linear(x,
     w.dequantize(), b)` up to float32 summation order.
     """
-    if isinstance(w, np.ndarray) and w.dtype == np.float16:
-        if w.ndim != 2 or x.shape[-1] != w.shape[1]:
-            raise ValueError(f"linear: x {x.shape} does not match weight {w.shape} (Dout, Din)")
-        x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, w.shape[1])
-        y = _linear_f16(x2, w).reshape(*x.shape[:-1], w.shape[0])
-    elif not isinstance(w, QTensor):
+    half = isinstance(w, np.ndarray) and w.dtype == np.float16
+    if not (half or isinstance(w, QTensor)):
         y = x @ w.T
     else:
         if len(w.shape) != 2 or x.shape[-1] != w.shape[1]:
             raise ValueError(f"linear: x {x.shape} does not match weight {w.shape} (Dout, Din)")
         x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, w.shape[1])  # (M, K)
-        # int8 GEMM first for many rows: it keeps its own layout (None: no VNNI or no layout)
-        y = int8_gemm.gemm(x2, w) if x2.shape[0] > GEMV_MAX_ROWS else None
-        if y is None:
-            p = w.repack()
-            if p is None:
-                _warn_fallback(w)
-            y = _gemv(x2, p, w.shape[0]) if p is not None and x2.shape[0] <= GEMV_MAX_ROWS else None
-            if y is None:
-                y = _gemm(x2, w, p)
+        y = _linear_f16(x2, w) if half else _linear_q(x2, w)  # type: ignore[arg-type]
         y = y.reshape(*x.shape[:-1], w.shape[0])
     if b is not None:
         y += b
     return y
+
+
+def _linear_q(x: F32, w: QTensor) -> F32:
+    """x (M, K) @ w.T for a QTensor, by the dispatch in the module docstring."""
+    # int8 GEMM first for many rows: it keeps its own layout (None: no VNNI or no layout)
+    y = int8_gemm.gemm(x, w) if x.shape[0] > GEMV_MAX_ROWS else None
+    if y is not None:
+        return y
+    p = w.repack()
+    if p is None:
+        _warn_fallback(w)
+    elif x.shape[0] <= GEMV_MAX_ROWS:
+        return _gemv(x, p, w.shape[0])
+    return _gemm(x, w, p)
 
 
 # --- row and element-wise ops ----------------------------------------------------------------
