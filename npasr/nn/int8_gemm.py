@@ -414,6 +414,16 @@ def gemm_kernel(out, xq, sx, xs, qc, wq, scale, noffset, variant):  # type: igno
                 _tile_s8(out, xq, sx, xs, qc, wq, scale, noffset, m0, rows, p, k)
 
 
+def quantize_rows(x: F32) -> tuple[np.ndarray, F32, F32, np.ndarray]:
+    """`quantize_rows_kernel` on a contiguous x (M, K) f32 -> q, sx, xs, qc (its outputs)."""
+    m, k = x.shape
+    q = np.empty((m, k), np.int8)
+    sx, xs = np.empty((m, k // QB), np.float32), np.empty((m, k // QB), np.float32)
+    qc = np.empty((m, k // QB), np.int32)
+    quantize_rows_kernel(q, sx, xs, qc, x)
+    return q, sx, xs, qc
+
+
 def gemm(x: F32, w: QTensor) -> F32 | None:
     """x (M, K) f32 @ w (N, K)^T -> (M, N) f32 with int8 activations (module docstring);
     None where it cannot run (no VNNI, JIT off, NPASR_INT8_GEMM=0, or no layout for the type)."""
@@ -426,10 +436,7 @@ def gemm(x: F32, w: QTensor) -> F32 | None:
     m, k = x.shape
     if k != gp.k:
         raise ValueError(f"int8 gemm: x {x.shape} does not match weight {w.shape}")
-    xq = np.empty((m, k), np.int8)
-    sx, xs = np.empty((m, k // QB), np.float32), np.empty((m, k // QB), np.float32)
-    qc = np.empty((m, k // QB), np.int32)
-    quantize_rows_kernel(xq, sx, xs, qc, x)
+    xq, sx, xs, qc = quantize_rows(x)
     n_pad = gp.wq.shape[0] * NR
     out = np.empty((m, n_pad), np.float32)
     flat = [a.reshape(-1) for a in (gp.wq, gp.scale, gp.noffset)]
@@ -455,12 +462,7 @@ def quantize_q8_0(w: np.ndarray, chunk_rows: int = 4096) -> Packed:
     for r0 in range(0, n, chunk_rows):
         r1 = min(n, r0 + chunk_rows)
         x = np.ascontiguousarray(w[r0:r1], dtype=np.float32)
-        if nb.config.DISABLE_JIT:
-            q, sx, _ = quantize_rows_ref(x)
-        else:
-            q = np.empty(x.shape, np.int8)
-            sx, xs = np.empty((r1 - r0, nbk), np.float32), np.empty((r1 - r0, nbk), np.float32)
-            quantize_rows_kernel(q, sx, xs, np.empty((r1 - r0, nbk), np.int32), x)
+        q, sx = (quantize_rows_ref if nb.config.DISABLE_JIT else quantize_rows)(x)[:2]
         qs[r0:r1] = q
         scale[r0:r1] = sx.astype(np.float16)
     return Packed("i8", qs, scale, None)
