@@ -212,9 +212,7 @@ def _engine_env(spec: dict) -> dict[str, str]:
 def spawn(spec: dict, timeout: float) -> list[dict]:
     """Run one child, stream its results, kill it after `timeout` s (finished runs are kept)."""
     cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
-    p = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, text=True, env=_engine_env(spec), cwd=C.REPO
-    )
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_engine_env(spec), cwd=C.REPO)
     timer = threading.Timer(timeout, p.kill)
     timer.start()
     events = []

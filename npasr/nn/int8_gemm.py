@@ -60,6 +60,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from npasr.nn import irutil
 from npasr.nn.quant import Packed, QTensor
 from npasr.types import F32
 
@@ -79,15 +80,7 @@ _JIT = dict(nogil=True, cache=True)
 
 @cache
 def _cpu_has_vnni() -> bool:
-    """True when the CPU Numba compiles for has avx512vnni and avx512bw."""
-    import llvmlite.binding as llb
-
-    name = nb.config.CPU_NAME
-    if name in (None, "", "host"):
-        feats = llb.get_host_cpu_features()
-        return bool(feats.get("avx512vnni")) and bool(feats.get("avx512bw"))
-    enabled = set((nb.config.CPU_FEATURES or "").split(","))  # NUMBA_CPU_FEATURES="+avx2,..."
-    return {"+avx512vnni", "+avx512bw"} <= enabled
+    return irutil.cpu_has("avx512vnni", "avx512bw")
 
 
 def available() -> bool:
@@ -212,20 +205,7 @@ _vi = ir.VectorType(_i32, VL)
 _vb = ir.VectorType(_i8, 4 * VL)
 
 
-def _splat(builder: ir.IRBuilder, value: ir.Value, n: int = VL) -> ir.Value:
-    vt = ir.VectorType(value.type, n)
-    v = builder.insert_element(ir.Constant(vt, ir.Undefined), value, _i32(0))
-    return builder.shuffle_vector(
-        v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_i32, n), [0] * n)
-    )
-
-
-def _vload(builder: ir.IRBuilder, base: ir.Value, index: ir.Value, vt: ir.VectorType) -> ir.Value:
-    return builder.load(builder.bitcast(builder.gep(base, [index]), vt.as_pointer()), align=1)
-
-
-def _fn(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+_splat, _vload, _fn = irutil.splat, irutil.vload, irutil.fn
 
 
 def _tile_ir(builder, ptrs, m0, p, k, ldo, rows: int, form: str) -> None:  # type: ignore[no-untyped-def]

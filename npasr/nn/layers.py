@@ -1,8 +1,12 @@
 """Parameter-holding layers: a dataclass of arrays, a `load` from `Weights`, and `__call__`.
 
-Compute is float32. Weights stored as f16 are widened once at load time, except where a layer is
-loaded with `half=True` (decoder matrices read a few rows at a time): those stay f16 and
-`ops.linear` widens them inside its kernels.
+Compute is float32. A `Linear` matrix is held in the form its main use runs fastest from:
+* `half=True` (decoder matrices, read a few rows at a time): a float16 weight stays a float16
+  (N, K) array, widened inside `ops.linear`'s GEMV;
+* by default (encoder matrices, many rows per call): `float_gemm.Panels` of the stored float16 or
+  float32 values where that AVX-512 kernel runs, else a float32 array for BLAS;
+* `panels=False` (small matrices applied to one row per step, e.g. an RNN-T joint): float32.
+Quantized weights stay `QTensor`s in every case (`ops.linear` dispatches).
 """
 
 from __future__ import annotations
@@ -13,22 +17,21 @@ import numpy as np
 
 from npasr.io.gguf import RawTensor
 from npasr.io.weights import Weights
-from npasr.nn import ops, ref
+from npasr.nn import float_gemm, ops, ref
+from npasr.nn.float_gemm import Panels
 from npasr.nn.quant import QTensor
 from npasr.types import F16, F32
 
 
 @dataclass
 class Linear:
-    weight: F32 | F16 | QTensor  # (Dout, Din); quantized stay quantized (ops.linear dispatches)
+    weight: F32 | F16 | QTensor | Panels  # (Dout, Din) (module docstring: which form)
     bias: F32 | None  # (Dout,)
 
     @classmethod
-    def load(cls, w: Weights, bias: bool = True, half: bool = False) -> Linear:
+    def load(cls, w: Weights, bias: bool = True, half: bool = False, panels: bool = True) -> Linear:
         """Also loads a kernel-1 Conv1d (Dout, Din, 1), which is the same matrix (quantized files
-        store such a weight as its (Dout, Din) matrix). half: a float16 weight stays float16
-        (for matrices used mostly a few rows at a time, where `ops.linear`'s GEMV reads half the
-        bytes; many-row calls then widen it tile by tile, so encoders keep the default)."""
+        store such a weight as its (Dout, Din) matrix). half, panels: the module docstring."""
         t = w["weight"]
         if isinstance(t, RawTensor):
             # Kernel layouts are built on first use: the GEMV one (`QTensor.repack`) where a
@@ -36,10 +39,14 @@ class Linear:
             # encoder rows; an encoder weight thus never holds the GEMV copy.
             weight: F32 | QTensor = QTensor.from_raw(t)
         else:
-            keep = half and t.dtype == np.float16 and t.ndim == 2
-            weight = np.ascontiguousarray(t) if keep else np.asarray(t, dtype=np.float32)
-            if weight.ndim == 3 and weight.shape[-1] == 1:
-                weight = weight[:, :, 0]  # pointwise conv (Dout, Din, 1) -> (Dout, Din)
+            if t.ndim == 3 and t.shape[-1] == 1:
+                t = t[:, :, 0]  # pointwise conv (Dout, Din, 1) -> (Dout, Din)
+            if half and t.dtype == np.float16 and t.ndim == 2:
+                weight = np.ascontiguousarray(t)
+            elif panels and not half and t.ndim == 2 and float_gemm.available():
+                weight = float_gemm.pack(t)
+            else:
+                weight = np.asarray(t, dtype=np.float32)
         return cls(weight, w.f32("bias") if bias else None)
 
     def __call__(self, x: F32) -> F32:
@@ -55,11 +62,13 @@ class Linear:
         """One Linear whose outputs are the parts' outputs concatenated (e.g. a fused Q|K|V
         projection: one matrix pass instead of three). Same-type quantized weights stay
         quantized; a mix of types is widened to float32 (correct, slower)."""
-        ws = [p.weight for p in parts]
+        ws = [p.weight.unpack() if isinstance(p.weight, Panels) else p.weight for p in parts]
         if len({w.shape[1] for w in ws}) != 1:
             raise ValueError(f"cannot stack weights of widths {[w.shape[1] for w in ws]}")
         qtypes = {w.qtype if isinstance(w, QTensor) else None for w in ws}
-        if all(isinstance(w, np.ndarray) and w.dtype == np.float16 for w in ws):
+        if all(isinstance(p.weight, Panels) for p in parts):
+            weight = float_gemm.pack(np.concatenate(ws))  # type: ignore[arg-type]
+        elif all(isinstance(w, np.ndarray) and w.dtype == np.float16 for w in ws):
             weight = np.concatenate(ws)  # type: ignore[arg-type]
         elif len(qtypes) == 1 and None not in qtypes:
             q0 = ws[0]

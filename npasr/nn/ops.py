@@ -1,8 +1,10 @@
 """Public op API: one call per op, whatever the weight's storage.
 
-`linear(x, w, b)` takes `w` as a float array (BLAS) or a `QTensor` (fused Numba kernels over the
-repacked layout). Model code calls only this module, so quantization stays a property of the
-weight (STYLE R6): the same Whisper forward runs f32, f16-widened or any GGML type.
+`linear(x, w, b)` takes `w` as a float array (BLAS; the f16 GEMV for few rows of a float16
+one), as `float_gemm.Panels` (the AVX-512 float GEMM, exact f16 or f32 weights, any number of
+rows) or as a `QTensor` (fused Numba kernels over the repacked layout). Model code calls only
+this module, so quantization stays a property of the weight (STYLE R6): the same Whisper
+forward runs f32, f16 or any GGML type.
 
 Dispatch for a QTensor (M = number of activation rows):
 * M <= GEMV_MAX_ROWS (decoding): `quant_kernels.gemv_kernel`, reading the quantized weight once;
@@ -29,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from npasr.nn import int8_gemm, kernels, ref
+from npasr.nn import float_gemm, int8_gemm, kernels, ref
 from npasr.nn import quant_kernels as qk
 from npasr.nn.quant import Packed, QTensor
 from npasr.types import F32
@@ -135,20 +137,23 @@ def _tiled(x: F32, n_out: int, fill: Callable[[F32, int, int], None]) -> F32:
     return out
 
 
-def linear(x: F32, w: F32 | QTensor, b: F32 | None = None) -> F32:
+def linear(x: F32, w: F32 | QTensor | float_gemm.Panels, b: F32 | None = None) -> F32:
     """x (..., Din) @ w (Dout, Din)^T + b (Dout,) -> (..., Dout); torch.nn.Linear layout.
 
-    `w` may be a float array or a 2-D `QTensor`; the result equals `ref.linear(x,
-    w.dequantize(), b)` up to float32 summation order.
+    `w` may be a float array, `float_gemm.Panels` or a 2-D `QTensor`; the result equals
+    `ref.linear(x, w.dequantize(), b)` up to float32 summation order.
     """
     half = isinstance(w, np.ndarray) and w.dtype == np.float16
-    if not (half or isinstance(w, QTensor)):
+    if not (half or isinstance(w, (QTensor, float_gemm.Panels))):
         y = x @ w.T
     else:
         if len(w.shape) != 2 or x.shape[-1] != w.shape[1]:
             raise ValueError(f"linear: x {x.shape} does not match weight {w.shape} (Dout, Din)")
         x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, w.shape[1])  # (M, K)
-        y = _linear_f16(x2, w) if half else _linear_q(x2, w)  # type: ignore[arg-type]
+        if isinstance(w, float_gemm.Panels):
+            y = float_gemm.gemm(x2, w)
+        else:
+            y = _linear_f16(x2, w) if half else _linear_q(x2, w)  # type: ignore[arg-type]
         y = y.reshape(*x.shape[:-1], w.shape[0])
     if b is not None:
         y += b

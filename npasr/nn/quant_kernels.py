@@ -39,6 +39,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from npasr.nn import irutil
+
 QB = 32  # weights per scale block in every Packed layout
 ROW_CHUNK = 16  # fewest output rows per parallel work item (scratch is allocated per item)
 MAX_ITEMS = 64  # most parallel work items per GEMV call
@@ -80,10 +82,7 @@ def block_sums_kernel(xsum: np.ndarray, x: np.ndarray, n_rows: int, k: int) -> N
 
 
 def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    vt = ir.VectorType(value.type, VL)
-    v = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.IntType(32)(0))
-    mask = ir.Constant(ir.VectorType(ir.IntType(32), VL), [0] * VL)
-    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), mask)
+    return irutil.splat(builder, value, VL)
 
 
 def _hsum(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
@@ -105,9 +104,7 @@ def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, kind: str) ->
     i64, f32 = ir.IntType(64), ir.FloatType()
     vf, vb, vi = (ir.VectorType(t, VL) for t in (f32, ir.IntType(8), ir.IntType(32)))
     u4 = kind == "u4"
-    fmuladd = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vf, [vf, vf, vf]), f"llvm.fmuladd.v{VL}f32"
-    )
+    fmuladd = irutil.fn(builder, f"llvm.fmuladd.v{VL}f32", vf, [vf, vf, vf])
     nbk = builder.sdiv(k, i64(QB))
     q_row = builder.mul(i, k)
     if u4:

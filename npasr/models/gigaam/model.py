@@ -105,8 +105,9 @@ class RNNTJoint:
 
     @classmethod
     def load(cls, w: Weights) -> RNNTJoint:
-        return cls(Linear.load(w.sub("enc")), Linear.load(w.sub("pred")),
-                   Linear.load(w.sub("joint_net").sub(1)))  # fmt: skip
+        # enc runs once over all frames; pred and joint_net one row per decoding step
+        return cls(Linear.load(w.sub("enc")), Linear.load(w.sub("pred"), panels=False),
+                   Linear.load(w.sub("joint_net").sub(1), panels=False))  # fmt: skip
 
 
 @dataclass

@@ -1,0 +1,205 @@
+"""float32 GEMM with AVX-512 for `linear` on float weights held as f32 or exact f16 (`Panels`).
+
+Why. NumPy's OpenBLAS picks its "Haswell" (AVX2, 8 lanes) kernels on AMD Zen 4/5, and torch's
+MKL does the same, so neither uses the 16-lane FMA units these CPUs have. This kernel does, and
+it reads float16 weights without widening them in memory first: an F16 model keeps half the
+bytes and computes exactly what f32 weights `w.astype(np.float32)` would.
+
+Contract: out (M, N) = x (M, K) f32 @ w (N, K).T with every product and sum in f32 (fused
+multiply-adds in k order per output); `gemm_ref` is the NumPy statement of it (float64 sums of
+the widened weight, then one rounding). The result differs from it only by f32 summation error.
+
+Layout (`Panels`, built once by `pack`): the weight in panels of NR = 32 output columns, per
+panel K rows of NR contiguous values (f16 or f32), zero columns padding N up to a whole panel.
+The micro-kernel (`_tile_ir`, LLVM IR through a Numba @intrinsic, helpers in `irutil`) keeps an
+MR x 32 tile of the output in 2 * MR zmm accumulators; per k it loads two 16-lane weight
+vectors (`fpext` from half: one `vcvtph2ps` each) and multiplies them by MR broadcast x values.
+MR = 6 (24 accumulators + 2 weight registers of the 32) measured best on Zen 5 (module bench:
+`python bench/float_gemm.py`). `prange` runs over column panels; each walks all row tiles, so its
+weight panel (K * 64 bytes as f16) stays in L2 while the activations stream from L3. The same
+tile with 1..8 rows is the decoding GEMV.
+
+The kernel exists only where the CPU (as Numba targets it) has AVX-512F; `available()` says so
+and is False with NUMBA_DISABLE_JIT=1 or NPASR_FLOAT_GEMM=0 (then models keep plain f32 arrays
+and BLAS). Nothing here is compiled before the first `gemm` call.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import NamedTuple
+
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from npasr.nn import irutil
+from npasr.types import F32
+
+VL = 16  # f32 lanes per zmm
+NG = 2  # 16-column groups per panel
+NR = VL * NG  # output columns per panel
+MR = 6  # activation rows per micro-tile (module docstring: why 12)
+
+_JIT = dict(nogil=True, cache=True)
+
+
+@cache
+def _cpu_has_avx512() -> bool:
+    return irutil.cpu_has("avx512f", "f16c")
+
+
+def available() -> bool:
+    """Whether `gemm` runs here: JIT on, NPASR_FLOAT_GEMM != "0", and an AVX-512F CPU."""
+    if nb.config.DISABLE_JIT or os.environ.get("NPASR_FLOAT_GEMM", "1") == "0":
+        return False
+    return _cpu_has_avx512()
+
+
+class Panels(NamedTuple):
+    """A float weight (N, K) in the panel layout: wp (ceil(N / NR), K, NR), float16 or float32.
+
+    `ops.linear` accepts it wherever it accepts the (N, K) array it came from.
+    """
+
+    wp: np.ndarray
+    n: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n, self.wp.shape[1]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.wp.dtype
+
+    def unpack(self) -> np.ndarray:
+        """The (N, K) weight back, in its stored dtype."""
+        p, k, _ = self.wp.shape
+        return self.wp.transpose(0, 2, 1).reshape(p * NR, k)[: self.n]
+
+
+def pack(w: np.ndarray) -> Panels:
+    """(N, K) float16 or float32 -> Panels of the same dtype (other floats become float32)."""
+    if w.ndim != 2:
+        raise ValueError(f"float gemm: weight must be 2-D, got shape {w.shape}")
+    dt = w.dtype if w.dtype in (np.float16, np.float32) else np.dtype(np.float32)
+    n, k = w.shape
+    p = -(-n // NR)
+    wp = np.zeros((p * NR, k), dt)
+    wp[:n] = w
+    return Panels(np.ascontiguousarray(wp.reshape(p, NR, k).transpose(0, 2, 1)), n)
+
+
+def gemm_ref(x: F32, w: np.ndarray | Panels) -> F32:
+    """The contract of `gemm` in NumPy: float64 sums of the exactly widened weight."""
+    wf = (w.unpack() if isinstance(w, Panels) else w).astype(np.float64)
+    return (np.asarray(x, np.float64) @ wf.T).astype(np.float32)
+
+
+# --- the micro-kernel ---------------------------------------------------------------------------
+
+_f16, _f32, _i64 = ir.HalfType(), ir.FloatType(), ir.IntType(64)
+_vf = ir.VectorType(_f32, VL)
+
+
+def _tile_ir(builder, out_p, x_p, w_p, m0, p, k, ldx, ldo, rows: int, half: bool) -> None:  # type: ignore[no-untyped-def]
+    """IR for out[m0 + m, NR p + c] (m < rows, c < NR) = sum over k of x[m0 + m, k] w[.., k, c]."""
+    fma = irutil.fn(builder, f"llvm.fmuladd.v{VL}f32", _vf, [_vf, _vf, _vf])
+    vt = ir.VectorType(_f16 if half else _f32, VL)
+    zero = ir.Constant(_vf, [0.0] * VL)
+    acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(NG)] for _ in range(rows)]
+    xrow = [builder.mul(builder.add(m0, _i64(m)), ldx) for m in range(rows)]
+    wbase = builder.mul(builder.mul(p, k), _i64(NR))
+    with cgutils.for_range(builder, k) as loop:
+        kk = loop.index
+        wo = builder.add(wbase, builder.mul(kk, _i64(NR)))
+        w = []
+        for g in range(NG):
+            v = irutil.vload(builder, w_p, builder.add(wo, _i64(VL * g)), vt)
+            w.append(builder.fpext(v, _vf) if half else v)
+        for m in range(rows):
+            xs = irutil.splat(builder, builder.load(builder.gep(x_p, [builder.add(xrow[m], kk)])))
+            for g in range(NG):
+                a = builder.load(acc[m][g])
+                builder.store(builder.call(fma, [w[g], xs, a]), acc[m][g])
+    for m in range(rows):
+        o = builder.add(builder.mul(builder.add(m0, _i64(m)), ldo), builder.mul(p, _i64(NR)))
+        for g in range(NG):
+            dst = builder.gep(out_p, [builder.add(o, _i64(VL * g))])
+            builder.store(builder.load(acc[m][g]), builder.bitcast(dst, _vf.as_pointer()), align=4)
+
+
+def _make_tile(half: bool):  # type: ignore[no-untyped-def]
+    """`tile(out, x, wp, m0, rows, p)`: rows <= MR rows of x from m0 times panel p of the flat
+    Panels array wp, written to out (M, P * NR); x (M, K) and out are C-contiguous."""
+
+    def tile(typingctx, out, x, wp, m0, rows, p):  # type: ignore[no-untyped-def]
+        sig = types.void(out, x, wp, m0, rows, p)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            arrs = [
+                context.make_array(t)(context, builder, v)
+                for t, v in zip(signature.args[:3], args[:3], strict=True)
+            ]
+            out_a, x_a, w_a = arrs
+            ldo = builder.sdiv(builder.extract_value(out_a.strides, 0), _i64(4))
+            ldx = builder.sdiv(builder.extract_value(x_a.strides, 0), _i64(4))
+            k = builder.extract_value(x_a.shape, 1)
+            m0_v, rows_v, p_v = (
+                context.cast(builder, v, t, types.int64)
+                for v, t in zip(args[3:], signature.args[3:], strict=True)
+            )
+            end = builder.append_basic_block("tile.end")
+            switch = builder.switch(rows_v, end)
+            for n_rows in range(1, MR + 1):  # one register-resident body per row count
+                case = builder.append_basic_block(f"tile.m{n_rows}")
+                switch.add_case(_i64(n_rows), case)
+                builder.position_at_end(case)
+                _tile_ir(
+                    builder, out_a.data, x_a.data, w_a.data, m0_v, p_v, k, ldx, ldo, n_rows, half
+                )
+                builder.branch(end)
+            builder.position_at_end(end)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(tile)
+
+
+_tile_f16, _tile_f32 = _make_tile(True), _make_tile(False)
+
+
+@nb.njit(parallel=True, **_JIT)
+def gemm_kernel(out, x, wp, half):  # type: ignore[no-untyped-def]
+    """out (M, P * NR) = x (M, K) @ the flat Panels array wp (P * K * NR,); prange over panels."""
+    m = x.shape[0]
+    for p in nb.prange(out.shape[1] // NR):
+        for m0 in range(0, m, MR):
+            rows = min(MR, m - m0)
+            if half:
+                _tile_f16(out, x, wp, m0, rows, p)
+            else:
+                _tile_f32(out, x, wp, m0, rows, p)
+
+
+def gemm(x: F32, w: Panels) -> F32:
+    """x (M, K) f32 @ w.T -> (M, N) f32 (module docstring); needs `available()`."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    m, k = x.shape
+    if k != w.wp.shape[1]:
+        raise ValueError(f"float gemm: x {x.shape} does not match weight {w.shape}")
+    n_pad = w.wp.shape[0] * NR
+    out = np.empty((m, n_pad), np.float32)
+    if m and k:
+        flat = w.wp.reshape(-1)
+        half = w.wp.dtype == np.float16
+        gemm_kernel(out, x, flat.view(np.uint16) if half else flat, half)
+    elif m:
+        out[:] = 0
+    return out if n_pad == w.n else np.ascontiguousarray(out[:, : w.n])

@@ -1,0 +1,42 @@
+"""Small LLVM IR helpers shared by the explicit-vector kernels (quant_kernels, int8_gemm,
+float_gemm), which build their inner loops as IR through Numba @intrinsic functions."""
+
+from __future__ import annotations
+
+import numba as nb
+from llvmlite import ir
+from numba.core import cgutils
+
+_i32 = ir.IntType(32)
+
+
+def splat(builder: ir.IRBuilder, value: ir.Value, n: int = 16) -> ir.Value:
+    """<n x T> with every lane = value (T = value.type)."""
+    vt = ir.VectorType(value.type, n)
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), value, _i32(0))
+    return builder.shuffle_vector(
+        v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_i32, n), [0] * n)
+    )
+
+
+def vload(builder: ir.IRBuilder, base: ir.Value, index: ir.Value, vt: ir.VectorType) -> ir.Value:
+    """Unaligned load of a vector vt from element `index` of the pointer `base`."""
+    return builder.load(builder.bitcast(builder.gep(base, [index]), vt.as_pointer()), align=1)
+
+
+def fn(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+    """Declaration of the function (an LLVM intrinsic) `name` in the builder's module."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def cpu_has(*features: str) -> bool:
+    """True when the CPU Numba compiles for has every LLVM feature named (e.g. "avx512vnni"):
+    the host's, or the NUMBA_CPU_NAME / NUMBA_CPU_FEATURES target when those are set."""
+    import llvmlite.binding as llb
+
+    name = nb.config.CPU_NAME
+    if name in (None, "", "host"):
+        feats = llb.get_host_cpu_features()
+        return all(bool(feats.get(f)) for f in features)
+    enabled = set((nb.config.CPU_FEATURES or "").split(","))  # NUMBA_CPU_FEATURES="+avx2,..."
+    return {f"+{f}" for f in features} <= enabled
