@@ -9,6 +9,12 @@ transcript, ~800 words) is scored too, as the steadier number.
 
     python bench/make_long_audio.py   # once
     python bench/quant_accuracy.py [--models tiny.en,base] [--types f16,q8_0,q4_0,q4_k]
+
+With --set DIR it scores a manifest.tsv set instead (columns file, part, transcript; e.g. the
+~5000-word set of bench/make_speech_set.py): corpus WER overall and per part, with word counts.
+
+    python bench/make_speech_set.py   # once
+    python bench/quant_accuracy.py --set bench/out/speech_set --threads 1 [--json out.json]
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import _blas_env  # noqa: F401  (first: before NumPy loads OpenBLAS)
 # isort: split
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,13 +37,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny.en,base")
     ap.add_argument("--types", default="f16,q8_0,q4_0,q4_k")
+    ap.add_argument("--set", type=Path, help="score DIR/manifest.tsv instead of the default clips")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="with --set: write per-clip hypotheses and errors")
     args = ap.parse_args()
 
     import npasr
+
+    npasr.set_num_threads(args.threads)
+    if args.set is not None:
+        score_set(args.set, args.models.split(","), args.types.split(","), args.json)
+        return
     from npasr import hub
     from npasr.audio.io import load_audio
 
-    npasr.set_num_threads(2)
     rows = [r for r in C.read_manifest().values() if r["language"] == "en"]
     audio = {r["file"]: load_audio(C.DATA / r["file"]) for r in rows}
     long_wav = C.REPO / "bench" / "out" / "long5min.wav"
@@ -70,6 +85,67 @@ def main() -> None:
             print(f"| {model} | {wtype} | {size:.1f} | {errors / words:.4f} | "
                   f"{short_errors / short_words:.4f} | {' '.join(per)} | {long_wer:.4f} |",
                   flush=True)  # fmt: skip
+
+
+def score_set(set_dir: Path, models: list[str], wtypes: list[str], json_out: Path | None) -> None:
+    """Corpus WER (total word errors / total reference words) of each model and weight type on
+    every clip of set_dir/manifest.tsv, overall and per `part`."""
+    import npasr
+    from npasr import hub
+    from npasr.audio.io import load_audio
+
+    rows = list(C.read_manifest(set_dir).values())
+    parts = sorted({r["part"] for r in rows}, key=lambda p: (p != "tts", p))
+    audio = {r["file"]: load_audio(set_dir / r["file"]) for r in rows}
+    refs = {r["file"]: C.normalize(r["transcript"]).split() for r in rows}
+    n_words = {p: sum(len(refs[r["file"]]) for r in rows if r["part"] == p) for p in parts}
+    total = sum(n_words.values())
+    secs = sum(float(r["seconds"]) for r in rows)
+    print(
+        f"load average {C.loadavg()}; {set_dir}: {len(rows)} clips, {secs:.0f} s, "
+        f"{total} reference words ({', '.join(f'{p} {n_words[p]}' for p in parts)})"
+    )
+    print(
+        "| model | type | file MB | WER | words | "
+        + " | ".join(f"WER {p} | words {p}" for p in parts)
+        + " | wall s |"
+    )
+    print("|---|---|---|---|---|" + "---|---|" * len(parts) + "---|")
+    report: dict[str, object] = {"set": str(set_dir), "results": []}
+    for model in models:
+        for wtype in wtypes:
+            path = hub.resolve(f"whisper-{model}", wtype=wtype)
+            m = npasr.load_model(path)
+            t0 = time.perf_counter()
+            errors = dict.fromkeys(parts, 0)
+            clips = []
+            for r in rows:
+                hyp = m.transcribe(audio[r["file"]], temperature=0.0, language="en").text
+                e = C.word_errors(refs[r["file"]], C.normalize(hyp).split())
+                errors[r["part"]] += e
+                clips.append(
+                    {"file": r["file"], "errors": e, "words": len(refs[r["file"]]), "hyp": hyp}
+                )
+            wall = time.perf_counter() - t0
+            size = Path(path).stat().st_size / 1e6
+            per = " | ".join(f"{errors[p] / n_words[p]:.4f} | {n_words[p]}" for p in parts)
+            print(
+                f"| {model} | {wtype} | {size:.1f} | {sum(errors.values()) / total:.4f} | "
+                f"{total} | {per} | {wall:.0f} |",
+                flush=True,
+            )
+            report["results"].append(
+                {
+                    "model": model,
+                    "type": wtype,
+                    "errors": errors,
+                    "words": n_words,
+                    "wall_s": wall,
+                    "clips": clips,
+                }
+            )
+            if json_out is not None:
+                json_out.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -47,10 +47,11 @@ class MultiHeadAttention:
 
     @classmethod
     def load(cls, w: Weights, n_head: int, half: bool = False) -> MultiHeadAttention:
+        # key and value run once over all encoder frames (many rows): the encoder's form
         return cls(
             Linear.load(w.sub("query"), half=half),
-            Linear.load(w.sub("key"), bias=False, half=half),
-            Linear.load(w.sub("value"), half=half),
+            Linear.load(w.sub("key"), bias=False),
+            Linear.load(w.sub("value")),
             Linear.load(w.sub("out"), half=half),
             n_head,
         )
