@@ -1,7 +1,9 @@
 """Quantized linear kernels (npasr.nn.ops.linear on a QTensor) against NumPy f32 on the same shapes.
 
 Prints, per (model shape, type, rows): time, ratio to `x @ w.T` with f32 weights (lower is
-better), weight GB/s read, GFLOPS, and PASS/FAIL for the issue-3 targets. Then multi-row GEMV
+better), weight GB/s read, GFLOPS, and PASS/FAIL for the issue-3 targets. Then the float GEMM
+of encoder matrices held as `float_gemm.Panels` (F16 and F32 models: the same f32 arithmetic as
+NumPy's, from exact f16 or f32 weights) at M = 1500 rows. Then multi-row GEMV
 (beam search: M rows against one weight, as a multiple of the 1-row time; target 5 rows <= 2x)
 and the row/element-wise ops (`ops.softmax/gelu/layer_norm` against `ref.*`). Both sides run
 with the same thread count (`--threads`, default 2) for Numba and BLAS; each time is the minimum
@@ -36,7 +38,7 @@ if str(REPO) not in sys.path:
 
 from npasr import threads  # noqa: E402
 from npasr.io.gguf import GGMLType  # noqa: E402
-from npasr.nn import ops, quant, ref  # noqa: E402
+from npasr.nn import float_gemm, ops, quant, ref  # noqa: E402
 
 # (model, N = Dout, K = Din): attention, MLP up, MLP down (+ Whisper's tied vocab projection)
 SHAPES = [
@@ -116,6 +118,44 @@ def _case(qtype: GGMLType, m: int, n: int, k: int, repeat: int, rng) -> dict:
         "target": target,
         "verdict": None if target is None else ("PASS" if ratio <= target else "FAIL"),
     }
+
+
+def _float_case(dtype: type, m: int, n: int, k: int, repeat: int, rng) -> dict:
+    w = (rng.standard_normal((n, k), dtype=np.float32) * 0.05).astype(dtype)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w32, wp = w.astype(np.float32), float_gemm.pack(w)
+    t_np, t_k = _pair_min(lambda: x @ w32.T, lambda: ops.linear(x, wp), max(3, repeat // 4))
+    return {
+        "type": "F16" if dtype == np.float16 else "F32",
+        "M": m,
+        "N": n,
+        "K": k,
+        "numpy_ms": t_np * 1e3,
+        "kernel_ms": t_k * 1e3,
+        "ratio": t_k / t_np,
+        "kernel_GFLOPS": 2 * m * n * k / t_k / 1e9,
+        "numpy_GFLOPS": 2 * m * n * k / t_np / 1e9,
+    }
+
+
+def float_gemm_rows(repeat: int, rng, quick: bool) -> list[dict]:
+    if not float_gemm.available():
+        print("float GEMM: not available on this CPU (no AVX-512F) or disabled")
+        return []
+    shapes = [(4096, 1024)] if quick else [(n, k) for _, n, k in SHAPES if n != 51865]
+    rows = []
+    print("\nfloat GEMM (Panels) vs numpy f32, M = 1500; ratio = kernel / numpy")
+    for dtype in (np.float16, np.float32):
+        for n, k in dict.fromkeys(shapes):
+            r = _float_case(dtype, 1500, n, k, repeat, rng)
+            rows.append(r)
+            print(
+                f"{r['type']:5} {r['M']:5d} {n:6d} {k:5d} np {r['numpy_ms']:8.3f} ms "
+                f"kernel {r['kernel_ms']:8.3f} ms  {r['ratio']:5.2f}x  "
+                f"{r['kernel_GFLOPS']:6.1f} GF (np {r['numpy_GFLOPS']:6.1f})",
+                flush=True,
+            )
+    return rows
 
 
 _COLD = """
@@ -257,6 +297,7 @@ def main() -> None:
             f"{r['quant_GFLOPS']:6.1f} {r['numpy_GFLOPS']:6.1f}  {tgt}",
             flush=True,
         )
+    floats = float_gemm_rows(args.repeat, rng, args.quick)
     m_t, lim = MULTI_ROW_TARGET
     print(f"\nmulti-row GEMV: ms per call (x 1-row time); target {m_t} rows <= {lim:.1f}x")
     multi = multi_row(args.repeat, rng)
@@ -282,6 +323,7 @@ def main() -> None:
             "machine": facts,
             "cold": cold,
             "rows": rows,
+            "float_gemm": floats,
             "multi_row": multi,
             "elementwise": elem,
         }
