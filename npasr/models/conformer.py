@@ -56,7 +56,7 @@ class FeedForward:
         return cls(Linear.load(w.sub("linear1"), bias=b), Linear.load(w.sub("linear2"), bias=b))
 
     def __call__(self, x: F32) -> F32:  # (T, D) -> (T, D)
-        return self.linear2(ref.silu(self.linear1(x)))
+        return self.linear2(ops.silu(self.linear1(x)))
 
 
 @dataclass
@@ -78,14 +78,14 @@ class ConvModule:
         )
 
     def __call__(self, x: F32) -> F32:  # (T, D) -> (T, D)
-        y = ref.glu(self.pointwise_conv1(x), axis=-1)  # (T, D): a * sigmoid(gate) over channels
+        y = ops.glu(self.pointwise_conv1(x))  # (T, D): a * sigmoid(gate) over channels
         w, b = self.depthwise_conv
-        y = ref.depthwise_conv1d(y.T, w, b, padding=(w.shape[-1] - 1) // 2)  # (D, T), "same"
+        y = ops.depthwise_conv1d_tc(y, w, b, padding=(w.shape[-1] - 1) // 2)  # (T, D), "same"
         if isinstance(self.batch_norm, BatchNorm1d):
-            y = self.batch_norm(y).T  # statistics per channel: (D, T) -> (T, D)
+            y = self.batch_norm(y.T).T  # statistics per channel, on the (D, T) view
         else:
-            y = self.batch_norm(y.T)  # v3: LayerNorm over the channels of each frame
-        return self.pointwise_conv2(ref.silu(y))
+            y = self.batch_norm(y)  # v3: LayerNorm over the channels of each frame
+        return self.pointwise_conv2(ops.silu(y))
 
 
 def _split_heads(x: F32, n_heads: int) -> F32:

@@ -17,6 +17,11 @@ Numerics (float32 throughout; fastmath stays off except where a reduction is rea
   (erfc(4) = 1.5e-8 is below half an ulp of 1). Max abs error 1.2e-7 (about 2 ulp at 1).
 * Reductions (row max and sums) use `reassoc` so they vectorize; the order differs from NumPy's
   pairwise sums by float32 rounding only. `ninf` is never set, so -inf masks stay exact.
+* sigmoid (silu, glu): 1 / (1 + e) with e = exp(-|v|) <= 1 (and e / (1 + e) for v < 0), so
+  the exponential never overflows and both tails keep their relative accuracy: `_exp`'s error
+  (measured at most 1.64 * 2^-24 relative on [-87, 0]) plus one rounding per operation. The
+  exponentials go to the output row first and the division runs in a second loop: in one loop
+  body LLVM left the pair scalar (measured 10 ms vs 0.5 ms on (500, 3072)).
 Shapes: R rows of length C (softmax: R = H * Tq, C = Tk; layer_norm: R = T, C = D).
 """
 
@@ -259,3 +264,56 @@ def attention_kernel(
                 for t in range(n_k):
                     acc += sc[t] * vt[gi, jj, t]
                 out[gi, i, jj] = acc * inv
+
+
+@nb.njit(parallel=True, **_JIT)
+def silu_kernel(out: np.ndarray, x: np.ndarray) -> None:
+    """out (R, C) = x * sigmoid(x); `ref.silu`."""
+    for r in nb.prange(x.shape[0]):
+        xr, orow = x[r], out[r]
+        for j in range(xr.shape[0]):  # two loops: module docstring (sigmoid)
+            orow[j] = _exp(-abs(xr[j]))
+        for j in range(xr.shape[0]):
+            v, e = xr[j], orow[j]
+            s = _f(1.0) / (_f(1.0) + e)
+            orow[j] = v * (s if v >= 0 else e * s)
+
+
+@nb.njit(parallel=True, **_JIT)
+def glu_kernel(out: np.ndarray, x: np.ndarray) -> None:
+    """out (R, C) = x[:, :C] * sigmoid(x[:, C:]) for x (R, 2C); `ref.glu(x, axis=-1)`."""
+    c = out.shape[1]
+    for r in nb.prange(x.shape[0]):
+        xr, orow = x[r], out[r]
+        for j in range(c):  # two loops: module docstring (sigmoid)
+            orow[j] = _exp(-abs(xr[c + j]))
+        for j in range(c):
+            g, e = xr[c + j], orow[j]
+            s = _f(1.0) / (_f(1.0) + e)
+            orow[j] = xr[j] * (s if g >= 0 else e * s)
+
+
+@nb.njit(parallel=True, **_JIT)
+def depthwise_conv_tc_kernel(
+    out: np.ndarray, x: np.ndarray, wt: np.ndarray, b: np.ndarray, padding: int
+) -> None:
+    """out (Tout, C)[t, c] = b[c] + sum_k wt[k, c] x[t + k - padding, c] over the frames inside
+    x (T, C) (zero padding), Tout = T + 2 padding - K + 1; b (C,) or empty. Time-major
+    `ref.depthwise_conv1d` (which takes (C, T)): the inner loop runs over contiguous channels.
+    The taps are summed in k order in float32."""
+    n_t, c = x.shape
+    k = wt.shape[0]
+    for t in nb.prange(out.shape[0]):
+        orow = out[t]
+        if b.shape[0]:
+            for j in range(c):
+                orow[j] = b[j]
+        else:
+            for j in range(c):
+                orow[j] = 0.0
+        for i in range(k):
+            src = t + i - padding
+            if 0 <= src < n_t:
+                xr, wr = x[src], wt[i]
+                for j in range(c):
+                    orow[j] += wr[j] * xr[j]

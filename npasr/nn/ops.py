@@ -17,9 +17,10 @@ Dispatch for a QTensor (M = number of activation rows):
 * a type with no kernel layout (Q6_K): the same tile loop with the NumPy dequantize, announced
   once per type with `warnings.warn`.
 
-`softmax`, `gelu` and `layer_norm` run `npasr.nn.kernels` on float32 input of at least
-KERNEL_MIN_SIZE elements and `npasr.nn.ref` otherwise. NPASR_BACKEND=numpy (read at every call)
-forces the reference for these three ops; quantized weights always need the Numba kernels.
+`softmax`, `gelu`, `silu`, `glu`, `layer_norm` and `depthwise_conv1d_tc` run
+`npasr.nn.kernels` on float32 input of at least KERNEL_MIN_SIZE elements and `npasr.nn.ref`
+otherwise. NPASR_BACKEND=numpy (read at every call)
+forces the reference for these ops; quantized weights always need the Numba kernels.
 """
 
 from __future__ import annotations
@@ -215,6 +216,41 @@ def gelu(x: F32) -> F32:
         return ref.gelu(x)
     out = np.empty(x.shape, np.float32)
     kernel(out.reshape(-1, x.shape[-1]), _rows(x))
+    return out
+
+
+def silu(x: F32) -> F32:
+    """x * sigmoid(x), as `ref.silu`."""
+    if not _use_kernel(x):
+        return ref.silu(x)
+    out = np.empty(x.shape, np.float32)
+    kernels.silu_kernel(out.reshape(-1, x.shape[-1]), _rows(x))
+    return out
+
+
+def glu(x: F32) -> F32:
+    """Gated linear unit over the last axis (first half * sigmoid(second half)), as
+    `ref.glu(x, axis=-1)`."""
+    if not _use_kernel(x) or x.shape[-1] % 2:
+        return ref.glu(x, axis=-1)
+    out = np.empty((*x.shape[:-1], x.shape[-1] // 2), np.float32)
+    kernels.glu_kernel(out.reshape(-1, out.shape[-1]), _rows(x))
+    return out
+
+
+def depthwise_conv1d_tc(x: F32, w: F32, b: F32 | None, padding: int = 0) -> F32:
+    """Depthwise Conv1d on time-major x (T, C) with w (C, 1, K) -> (Tout, C); equals
+    `ref.depthwise_conv1d(x.T, w, b, padding).T` (which takes channels first)."""
+    if not _use_kernel(x) or w.dtype != np.float32 or x.ndim != 2:
+        return np.ascontiguousarray(ref.depthwise_conv1d(x.T, w, b, padding).T)
+    n_out = x.shape[0] + 2 * padding - w.shape[-1] + 1
+    if n_out <= 0:
+        raise ValueError(f"depthwise conv: {x.shape[0]} frames are fewer than the kernel")
+    out = np.empty((n_out, x.shape[1]), np.float32)
+    wt = np.ascontiguousarray(w[:, 0, :].T)  # (K, C)
+    kernels.depthwise_conv_tc_kernel(
+        out, np.ascontiguousarray(x), wt, _EMPTY if b is None else b, padding
+    )
     return out
 
 

@@ -8,6 +8,11 @@ Tolerances, measured max errors in brackets (float32 inputs from default_rng(0))
 * layer_norm: atol 1e-5 + rtol 1e-5 on outputs of size ~ |g| [2e-6]: mean and variance are
   summed in another order than NumPy's pairwise sum; an output near 0 (g z ~ -b) has no
   relative accuracy in either implementation.
+* silu, glu: against the float64 function, 6 * 2^-24 relative [3.9]: the polynomial
+  exp(-|v|) (at most 1.64 * 2^-24 relative, measured on a dense grid of [-87, 0]) and four
+  roundings (1 + e, the division, e * s, the product with x). Against `ref` (the tanh form,
+  which cancels in the far negative tail) 1e-6 absolute + relative.
+* depthwise conv (time-major): the proven bound of a K-term float32 sum, gamma_K sum |w x|.
 * attention (few query rows): 2e-6 absolute on outputs that are convex combinations of N(0, 1)
   values [6e-7]: the softmax above, plus Dh- and Tk-long dot products summed in another order
   and the 1/sqrt(Dh) scale applied to the scores instead of to q.
@@ -83,6 +88,62 @@ def test_gelu_grid_and_extremes() -> None:
     big = np.array([[-np.inf, -1e30, -9.0, 0.0, 9.0, 1e30, np.inf] * 10], np.float32)
     with np.errstate(invalid="ignore"):  # gelu(-inf) = -inf * 0 = NaN in both
         np.testing.assert_array_equal(_direct(kernels.gelu_kernel, big), ref.gelu(big))
+
+
+def _sigmoid64(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_silu_and_glu(shape: tuple[int, ...], n_threads: int) -> None:
+    x = _rand(shape)
+    silu, glu = np.empty_like(x), np.empty_like(x)
+    kernels.silu_kernel(silu.reshape(-1, x.shape[-1]), x.reshape(-1, x.shape[-1]))
+    xg = np.concatenate([x, _rand(shape, seed=1)], axis=-1)  # value | gate
+    kernels.glu_kernel(glu.reshape(-1, x.shape[-1]), xg.reshape(-1, xg.shape[-1]))
+    rel = 6 * 2.0**-24
+    want_silu = x * _sigmoid64(x)
+    want_glu = x * _sigmoid64(xg[..., x.shape[-1] :])
+    for got, want in ((silu, want_silu), (glu, want_glu)):
+        assert (np.abs(got - want) <= rel * np.abs(want)).all()
+    np.testing.assert_allclose(ops.silu(x), ref.silu(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ops.glu(xg), ref.glu(xg, axis=-1), rtol=1e-6, atol=1e-6)
+
+
+def test_silu_grid_and_extremes() -> None:
+    """A dense grid through both tails (where exp(|v|) would overflow), and inf / NaN / huge.
+    Below v = -87.3 exp(v) is under the float32 normal range and flushed to 0 (kernels module
+    docstring), so there the error may also reach |v| * FLT_MIN."""
+    x = np.linspace(-120, 120, 480_000, dtype=np.float32).reshape(48, -1)
+    want = x * _sigmoid64(x)
+    got = ops.silu(x)
+    tiny = np.abs(x) * np.finfo(np.float32).tiny
+    assert (np.abs(got - want) <= 6 * 2.0**-24 * np.abs(want) + tiny).all()
+    big = np.array([[-np.inf, -1e30, -90.0, 0.0, 90.0, 1e30, np.inf, np.nan] * 10], np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # silu(-inf) = -inf * 0 = NaN in both
+        np.testing.assert_array_equal(_direct(kernels.silu_kernel, big), ref.silu(big))
+    with pytest.raises(ValueError):  # odd width: the reference, which cannot split it
+        ops.glu(np.ones((3, 5), np.float32))
+
+
+@pytest.mark.parametrize("t,c,k", [(1, 8, 5), (7, 33, 5), (500, 768, 5), (40, 1024, 9), (3, 8, 31)])
+def test_depthwise_conv_time_major(t: int, c: int, k: int, n_threads: int) -> None:
+    """ops.depthwise_conv1d_tc(x (T, C)) == ref.depthwise_conv1d(x.T).T, "same" padding, with
+    and without bias; the kernel directly too (ops keeps small inputs on the reference)."""
+    x, w, b = _rand((t, c)), _rand((c, 1, k), 0.3, seed=1), _rand((c,), 1.0, seed=2)
+    pad = (k - 1) // 2
+    bound_terms = ref.depthwise_conv1d(np.abs(x).T, np.abs(w), np.abs(b), pad).T
+    for bias in (b, None):
+        want = ref.depthwise_conv1d(x.T.astype(np.float64), w.astype(np.float64), bias, pad).T
+        out = np.empty_like(want, dtype=np.float32)
+        empty = np.empty(0, np.float32)
+        kernels.depthwise_conv_tc_kernel(out, x, np.ascontiguousarray(w[:, 0].T),
+                                         empty if bias is None else bias, pad)  # fmt: skip
+        gamma = (k + 1) * 2.0**-24 / (1 - (k + 1) * 2.0**-24)
+        assert (np.abs(out - want) <= gamma * bound_terms + 1e-30).all()
+        got = ops.depthwise_conv1d_tc(x, w, bias, pad)
+        assert got.shape == want.shape and got.flags.c_contiguous
+        assert (np.abs(got - want) <= 2 * gamma * bound_terms + 1e-30).all()
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 512), (7, 33), (3, 4, 100), (1500, 512)], ids=str)
@@ -189,15 +250,25 @@ def test_backend_numpy_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert x.size >= ops.KERNEL_MIN_SIZE  # the default path below is the kernel
     g, b = _rand((70,), 1.0, 1), _rand((70,), 1.0, 2)
     fast = (ops.softmax(x), ops.gelu(x), ops.layer_norm(x, g, b))
+    x2 = x.reshape(-1, 70)
+    w = _rand((70, 1, 5), 0.3, seed=4)
+    fast2 = (ops.silu(x), ops.glu(x), ops.depthwise_conv1d_tc(x2, w, g, 2))
 
     def boom(*_: object) -> None:
         raise AssertionError("kernel called with NPASR_BACKEND=numpy")
 
     monkeypatch.setenv("NPASR_BACKEND", "numpy")
     names = ("softmax_kernel", "softmax_inplace_kernel", "gelu_kernel", "layer_norm_kernel")
-    for name in (*names, "gelu_serial_kernel", "layer_norm_serial_kernel", "attention_kernel"):
+    for name in (*names, "gelu_serial_kernel", "layer_norm_serial_kernel", "attention_kernel",
+                 "silu_kernel", "glu_kernel", "depthwise_conv_tc_kernel"):  # fmt: skip
         monkeypatch.setattr(kernels, name, boom)
     slow = (ops.softmax(x), ops.gelu(x), ops.layer_norm(x, g, b))
+    slow2 = (ops.silu(x), ops.glu(x), ops.depthwise_conv1d_tc(x2, w, g, 2))
+    np.testing.assert_array_equal(slow2[0], ref.silu(x))
+    np.testing.assert_array_equal(slow2[1], ref.glu(x, axis=-1))
+    np.testing.assert_array_equal(slow2[2], ref.depthwise_conv1d(x2.T, w, g, 2).T)
+    for a, s in zip(fast2, slow2, strict=True):
+        np.testing.assert_allclose(a, s, rtol=1e-5, atol=1e-5)
     small = x[0, :2]
     np.testing.assert_array_equal(ops.gelu(small), ref.gelu(small))
     np.testing.assert_array_equal(ops.layer_norm(small, g, b), ref.layer_norm(small, g, b))
@@ -222,6 +293,7 @@ for k, want, args, tol in [
     (kernels.layer_norm_kernel, ref.layer_norm(x, g, b), (g, b, 1e-5), 1e-5),
     (kernels.gelu_serial_kernel, ref.gelu(x), (), 1e-6),
     (kernels.layer_norm_serial_kernel, ref.layer_norm(x, g, b), (g, b, 1e-5), 1e-5),
+    (kernels.silu_kernel, ref.silu(x), (), 1e-6),
 ]:
     out = np.empty_like(x)
     k(out, x, *args)
@@ -232,6 +304,13 @@ out = np.empty_like(q)
 kernels.attention_kernel(out, q, kt, kt, np.empty((0, 0), np.float32), 3)
 want = ref.attention(q, x.reshape(1, 3, 70), x.reshape(1, 3, 70))
 np.testing.assert_allclose(out, want, atol=2e-6)
+out = np.empty((3, 35), np.float32)
+kernels.glu_kernel(out, x)
+np.testing.assert_allclose(out, ref.glu(x, axis=-1), rtol=1e-6, atol=1e-6)
+w = x[:, :5].reshape(3, 1, 5).copy()
+out = np.empty((70, 3), np.float32)
+kernels.depthwise_conv_tc_kernel(out, x.T.copy(), w[:, 0].T.copy(), g[:3].copy(), 2)
+np.testing.assert_allclose(out, ref.depthwise_conv1d(x, w, g[:3], 2).T, rtol=1e-5, atol=1e-5)
 print("ok")
 """
 
