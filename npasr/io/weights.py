@@ -93,7 +93,7 @@ def check_names_and_shapes(
 # Version of npasr's GGUF conventions and conversion rules, written as `npasr.format_version`.
 # Bump it whenever a converter would write a different file for the same source (a new storage
 # rule, a renamed key): the hub then rebuilds cached conversions made by older code.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 # GGML ftype recorded in general.file_type (llama.h llama_ftype: 0 ALL_F32, 1 MOSTLY_F16,
 # 7 MOSTLY_Q8_0, 2 MOSTLY_Q4_0, 15 MOSTLY_Q4_K_M-like: Q4_K matrices)
@@ -114,6 +114,7 @@ def storage_for(
     keep_float: re.Pattern[str],
     keep_f32: re.Pattern[str] | None = None,
     q8_0: re.Pattern[str] | None = None,
+    importance: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray | RawTensor:
     """How tensor `name` is stored in a `wtype` file.
 
@@ -126,6 +127,9 @@ def storage_for(
       quantized kernel-1 convolution is stored as its (O, I) matrix. Names matching `q8_0`
       (e.g. a tied embedding/output table, whose logits decide every token) are Q8_0 in every
       quantized type. Everything else as in f16.
+    * importance: name -> (K,) input-channel weights (`npasr.nn.calibration`); a matrix named
+      there whose type takes them (`quant.WEIGHTED_TYPES`: Q4_0) is quantized to minimise the
+      weighted error instead of with gguf-py's plain rule.
     """
     check_wtype(wtype)
     qtype = QUANT_WTYPES.get(wtype)
@@ -137,9 +141,10 @@ def storage_for(
         if qtype == GGMLType.Q4_K and width % GGML_BLOCK[qtype][0]:
             qtype = GGMLType.Q4_0
         if width % GGML_BLOCK[qtype][0] == 0:
-            from npasr.nn.quant import quantize  # noqa: PLC0415 (nn.quant imports io)
+            from npasr.nn.quant import WEIGHTED_TYPES, quantize  # noqa: PLC0415 (nn.quant imports io)
 
-            q = quantize(np.asarray(a[..., 0] if a.ndim == 3 else a, np.float32), qtype)
+            imp = importance.get(name) if importance and qtype in WEIGHTED_TYPES else None
+            q = quantize(np.asarray(a[..., 0] if a.ndim == 3 else a, np.float32), qtype, imp)
             return RawTensor(qtype, q.shape, q.blocks.reshape(-1))
     half = wtype != "f32" and a.ndim >= 2 and not (keep_f32 and keep_f32.search(name))
     return np.ascontiguousarray(a, dtype=np.float16 if half else np.float32)

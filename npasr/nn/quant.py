@@ -127,8 +127,45 @@ def _quantize_affine(x: F32, levels: int) -> tuple[F32, F32, U8]:
     return d, lo, v.astype(np.uint8).clip(0, levels - 1)
 
 
-def _quantize_q4_0(x: F32) -> U8:
-    d, q = _quantize_sym(x, 16)
+def _quantize_sym_weighted(x: F32, levels: int, imp: np.ndarray) -> tuple[F32, U8]:
+    """Q4_0/Q5_0 blocks chosen to minimise the importance-weighted error sum_j imp_j (x_j -
+    d (q_j - levels / 2))^2 per block, as llama.cpp does with an importance matrix.
+
+    Candidates: the plain quantizer's (d, q), and for each of 21 trial scales d0 = -max /
+    (levels / 2 + t), t in -1.0..1.0 step 0.1, the values q = round(x / d0) clipped to the range
+    with the scale refitted by weighted least squares for those values. The refitted d is rounded
+    to float16 (as stored) before its error is measured, so the block kept is never worse than
+    the plain one under the weighted error. imp (R, 32) >= 0; an all-zero row of imp keeps the
+    plain block.
+    """
+    half = levels // 2
+    d_plain, q_plain = _quantize_sym(x, levels)
+    x64, w = x.astype(np.float64), imp.astype(np.float64)
+
+    def err(d: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return (w * (x64 - d * v) ** 2).sum(axis=-1, keepdims=True)
+
+    best_d = d_plain.astype(np.float16).astype(np.float64)
+    best_v = q_plain.astype(np.float64) - half
+    best_e = err(best_d, best_v)
+    mx = _signed_max(x).astype(np.float64)
+    for t in np.arange(-10, 11) / 10:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.where(mx == 0, 0.0, -(half + t) / mx)
+        v = np.clip(np.rint(x64 * inv), -half, half - 1)
+        sl2, slx = (w * v * v).sum(-1, keepdims=True), (w * v * x64).sum(-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(sl2 > 0, slx / sl2, 0.0).astype(np.float16).astype(np.float64)
+        e = err(d, v)
+        better = e < best_e
+        best_e = np.where(better, e, best_e)
+        best_d = np.where(better, d, best_d)
+        best_v = np.where(better, v, best_v)
+    return best_d.astype(np.float32), (best_v + half).astype(np.uint8)
+
+
+def _quantize_q4_0(x: F32, imp: np.ndarray | None = None) -> U8:
+    d, q = _quantize_sym(x, 16) if imp is None else _quantize_sym_weighted(x, 16, imp)
     return np.concatenate([_f16(d), _pack_nibbles(q)], axis=-1)
 
 
@@ -137,8 +174,8 @@ def _quantize_q4_1(x: F32) -> U8:
     return np.concatenate([_f16(d), _f16(lo), _pack_nibbles(q)], axis=-1)
 
 
-def _quantize_q5_0(x: F32) -> U8:
-    d, q = _quantize_sym(x, 32)
+def _quantize_q5_0(x: F32, imp: np.ndarray | None = None) -> U8:
+    d, q = _quantize_sym(x, 32) if imp is None else _quantize_sym_weighted(x, 32, imp)
     return np.concatenate([_f16(d), _qh_pack(q), _pack_nibbles(q)], axis=-1)
 
 
@@ -405,8 +442,18 @@ class QTensor:
         return p
 
 
-def quantize(x: np.ndarray, qtype: GGMLType) -> QTensor:
-    """Quantize an array (..., K) to `qtype`; K must be a multiple of the block size."""
+# types whose quantizer takes an importance per input channel (`quantize(..., importance=)`)
+WEIGHTED_TYPES = (GGMLType.Q4_0, GGMLType.Q5_0)
+
+
+def quantize(x: np.ndarray, qtype: GGMLType, importance: np.ndarray | None = None) -> QTensor:
+    """Quantize an array (..., K) to `qtype`; K must be a multiple of the block size.
+
+    importance (K,) >= 0, for a weight matrix (N, K) the mean square of each input channel over
+    calibration activations (llama.cpp's importance matrix): blocks are then chosen to minimise
+    the error of the products (`_quantize_sym_weighted`), for the WEIGHTED_TYPES only. Without it
+    the result is bit-exact with gguf-py.
+    """
     qtype = _check_type(qtype, "quantize")
     block, _ = GGML_BLOCK[qtype]
     x = np.asarray(x, dtype=np.float32)
@@ -414,8 +461,16 @@ def quantize(x: np.ndarray, qtype: GGMLType) -> QTensor:
         raise ValueError(
             f"{qtype.name} needs a last dimension that is a multiple of {block}, got {x.shape}"
         )
-    blocks = _QUANTIZE[qtype](np.ascontiguousarray(x).reshape(-1, block))
-    return QTensor(qtype, x.shape, blocks)
+    rows = np.ascontiguousarray(x).reshape(-1, block)
+    if importance is None:
+        return QTensor(qtype, x.shape, _QUANTIZE[qtype](rows))
+    if qtype not in WEIGHTED_TYPES:
+        raise NotImplementedError(f"importance-weighted {qtype.name} is not implemented")
+    imp = np.asarray(importance, dtype=np.float64)
+    if imp.shape != x.shape[-1:] or not np.isfinite(imp).all() or (imp < 0).any():
+        raise ValueError(f"importance must be ({x.shape[-1]},) finite and >= 0, got {imp.shape}")
+    imp_rows = np.broadcast_to(imp, x.shape).reshape(-1, block)
+    return QTensor(qtype, x.shape, _QUANTIZE[qtype](rows, imp_rows))
 
 
 def dequantize(w: QTensor) -> F32:

@@ -89,3 +89,29 @@ def test_quantized_token_embedding_equals_its_dequantized_table(tiny_f16) -> Non
     np.testing.assert_allclose(hq, hf, rtol=0, atol=1e-5)
     lq, lf = dec_q.logits(hq[0]), dec_f.logits(hf[0])
     assert np.abs(lq - lf).max() <= 1e-3 * np.abs(lf).max()
+
+
+@pytest.mark.weights
+def test_4bit_encoder_mlps_use_the_calibration() -> None:
+    """The q4_0 file's encoder MLP blocks are Q4_0 weighted by the bundled clips' input
+    statistics (npasr.models.whisper.calibrate), not gguf-py's plain blocks; the statistics
+    cover every encoder MLP matrix with one value >= 0 per input channel (0 for the few GELU
+    outputs that stay exactly 0 on the clips)."""
+    from npasr.models.whisper.calibrate import CALIBRATION_CLIPS, encoder_mlp_importance
+    from npasr.models.whisper.weights import load_source
+    from npasr.nn.quant import quantize
+
+    assert all(p.is_file() for p in CALIBRATION_CLIPS)
+    src = load_source(hub.source_dirs("whisper-tiny.en")[0])
+    imp = encoder_mlp_importance(src)
+    names = {f"encoder.blocks.{i}.mlp.{j}.weight" for i in range(4) for j in (0, 2)}
+    assert set(imp) == names
+    for n in names:
+        assert imp[n].shape == (src.tensors[n].shape[1],) and (imp[n] >= 0).all()
+        assert (imp[n] > 0).mean() > 0.9
+    f = read_gguf(hub.resolve("whisper-tiny.en", wtype="q4_0"))
+    name = "encoder.blocks.2.mlp.2.weight"
+    w = np.asarray(src.tensors[name], np.float32)
+    stored = f.tensors[name].data.reshape(-1)
+    np.testing.assert_array_equal(stored, quantize(w, GGMLType.Q4_0, imp[name]).blocks.reshape(-1))
+    assert not np.array_equal(stored, quantize(w, GGMLType.Q4_0).blocks.reshape(-1))

@@ -120,3 +120,39 @@ def test_from_raw_and_cached_repack() -> None:
     np.testing.assert_array_equal(w.dequantize_rows(1, 3), w.dequantize()[1:3])
     assert w.repack() is w.repack()
     assert QTensor(GGMLType.Q6_K, (1, 256), np.zeros(210, np.uint8)).repack() is None
+
+
+def _weighted_err(x: np.ndarray, w: QTensor, imp: np.ndarray) -> np.ndarray:
+    """Per 32-block importance-weighted squared error, float64."""
+    d = (w.dequantize().astype(np.float64) - x).reshape(-1, 32) ** 2
+    return (d * np.broadcast_to(imp, x.shape).reshape(-1, 32)).sum(axis=1)
+
+
+@pytest.mark.parametrize("qtype", quant.WEIGHTED_TYPES, ids=lambda t: t.name)
+def test_importance_weighted_blocks_never_worse(qtype: GGMLType) -> None:
+    """The weighted quantizer keeps valid blocks (gguf-py decodes them to the same values),
+    each block's weighted error is at most the plain rule's (its candidate set holds the
+    plain block), and on skewed importance the total is clearly lower."""
+    rng = np.random.default_rng(7)
+    x = np.concatenate([_edge_rows(256), rng.standard_normal((64, 256)).astype(np.float32)])
+    imp = rng.gamma(0.3, 1.0, 256)  # a few channels dominate, as measured activations do
+    imp[:7] = 0.0  # and some never fire
+    plain, weighted = quant.quantize(x, qtype), quant.quantize(x, qtype, importance=imp)
+    np.testing.assert_array_equal(
+        weighted.dequantize(), gq.dequantize(weighted.blocks, _oracle(qtype)).reshape(x.shape)
+    )
+    e_plain, e_weighted = _weighted_err(x, plain, imp), _weighted_err(x, weighted, imp)
+    assert (e_weighted <= e_plain).all()
+    assert e_weighted.sum() < 0.8 * e_plain.sum()
+    # all-zero importance: nothing to prefer, the plain blocks stay
+    zero = quant.quantize(x, qtype, importance=np.zeros(256))
+    np.testing.assert_array_equal(zero.blocks, plain.blocks)
+
+
+def test_importance_errors() -> None:
+    x = np.ones((2, 64), np.float32)
+    with pytest.raises(NotImplementedError, match="Q8_0"):
+        quant.quantize(x, GGMLType.Q8_0, importance=np.ones(64))
+    for bad in (np.ones(32), -np.ones(64), np.full(64, np.nan)):
+        with pytest.raises(ValueError, match="importance"):
+            quant.quantize(x, GGMLType.Q4_0, importance=bad)

@@ -412,9 +412,16 @@ _Q8_0 = re.compile(r"(\.attn\.(query|key|value|out)\.|^decoder\.)")
 
 def gguf_tensors(src: WhisperSource, wtype: str) -> dict[str, np.ndarray | RawTensor]:
     """Storage type per tensor: `npasr.io.weights.storage_for` with Whisper's keep-float names,
-    so the 2-D attention and MLP matrices are the ones quantized."""
+    so the 2-D attention and MLP matrices are the ones quantized. The 4-bit types weigh the
+    encoder MLPs' input channels by their calibration statistics (`calibrate`)."""
+    importance = None
+    if wtype in ("q4_0", "q4_k"):
+        from npasr.models.whisper.calibrate import encoder_mlp_importance  # noqa: PLC0415
+
+        importance = encoder_mlp_importance(src)
     return {
-        n: storage_for(n, a, wtype, _KEEP_FLOAT, _KEEP_F32, _Q8_0) for n, a in src.tensors.items()
+        n: storage_for(n, a, wtype, _KEEP_FLOAT, _KEEP_F32, _Q8_0, importance)
+        for n, a in src.tensors.items()
     }
 
 

@@ -1,0 +1,50 @@
+"""Calibration for the 4-bit Whisper files: the importance of each input channel of the encoder
+MLP matrices (the only 4-bit tensors, `weights._Q8_0`), measured by running the source weights'
+encoder on CALIBRATION_CLIPS (scripts/make_calibration_audio.py made them): the README's
+public-domain jfk sample (real speech) and 25 s of espeak-ng speech of our own text.
+
+Why: on the 5259-word set of bench/make_speech_set.py, tiny.en q4_0 with gguf-py's plain Q4_0
+rule was 1.18 WER points worse than f16; the weighted blocks cut the encoder MLPs' output error
+on held-out real speech by about 12% (bench/RESULTS.md has both measurements).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from npasr.audio.features import log_mel_whisper
+from npasr.audio.io import load_audio
+from npasr.io.weights import Weights
+from npasr.models.whisper.model import AudioEncoder
+from npasr.models.whisper.transcribe import N_FRAMES, N_SAMPLES
+from npasr.nn.calibration import input_mean_squares
+
+if TYPE_CHECKING:
+    from npasr.models.whisper.weights import WhisperSource
+
+_ASSETS = Path(__file__).resolve().parents[2] / "assets"
+CALIBRATION_CLIPS = [_ASSETS / "jfk-16k.flac", _ASSETS / "calibration-en.flac"]
+
+
+def encoder_mlp_importance(
+    src: WhisperSource, clips: list[np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """name of each encoder MLP weight -> (K,) mean square of its input channels over the
+    encoder frames of `clips` (16 kHz audio, one 30 s window each; default: CALIBRATION_CLIPS),
+    from the float weights of a `weights.WhisperSource`."""
+    cfg = src.config
+    enc_tensors = {n: a for n, a in src.tensors.items() if n.startswith("encoder.")}
+    encoder = AudioEncoder.load(Weights(enc_tensors, origin=src.source).sub("encoder"), cfg)
+    if clips is None:
+        clips = [load_audio(p) for p in CALIBRATION_CLIPS]
+    slots: dict[str, tuple[object, str]] = {}
+    for i, blk in enumerate(encoder.blocks):
+        slots[f"encoder.blocks.{i}.mlp.0.weight"] = (blk.mlp, "fc1")
+        slots[f"encoder.blocks.{i}.mlp.2.weight"] = (blk.mlp, "fc2")
+    with input_mean_squares(slots) as importance:
+        for x in clips:
+            encoder(log_mel_whisper(x, cfg.n_mels, padding=N_SAMPLES)[:, :N_FRAMES])
+    return importance
