@@ -48,9 +48,7 @@ before the first `gemm` call, so other CPUs never see the intrinsic.
 
 from __future__ import annotations
 
-import os
 import weakref
-from functools import cache
 from typing import NamedTuple
 
 import numba as nb
@@ -78,16 +76,9 @@ _JIT = dict(nogil=True, cache=True)
 # --- availability -------------------------------------------------------------------------------
 
 
-@cache
-def _cpu_has_vnni() -> bool:
-    return irutil.cpu_has("avx512vnni", "avx512bw")
-
-
 def available() -> bool:
     """Whether `gemm` runs here: JIT on, NPASR_INT8_GEMM != "0", and a VNNI CPU."""
-    if nb.config.DISABLE_JIT or os.environ.get("NPASR_INT8_GEMM", "1") == "0":
-        return False
-    return _cpu_has_vnni()
+    return irutil.kernel_enabled("NPASR_INT8_GEMM", "avx512vnni", "avx512bw")
 
 
 # --- weight layout --------------------------------------------------------------------------------

@@ -3,6 +3,9 @@ float_gemm), which build their inner loops as IR through Numba @intrinsic functi
 
 from __future__ import annotations
 
+import os
+from functools import cache
+
 import numba as nb
 from llvmlite import ir
 from numba.core import cgutils
@@ -29,6 +32,15 @@ def fn(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Type]) -> i
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
+def kernel_enabled(env: str, *features: str) -> bool:
+    """Whether an explicit-vector kernel may run: JIT on (not NUMBA_DISABLE_JIT), the switch
+    `env` not "0", and `cpu_has(*features)`."""
+    if nb.config.DISABLE_JIT or os.environ.get(env, "1") == "0":
+        return False
+    return cpu_has(*features)
+
+
+@cache
 def cpu_has(*features: str) -> bool:
     """True when the CPU Numba compiles for has every LLVM feature named (e.g. "avx512vnni"):
     the host's, or the NUMBA_CPU_NAME / NUMBA_CPU_FEATURES target when those are set."""
