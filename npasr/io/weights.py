@@ -93,7 +93,7 @@ def check_names_and_shapes(
 # Version of npasr's GGUF conventions and conversion rules, written as `npasr.format_version`.
 # Bump it whenever a converter would write a different file for the same source (a new storage
 # rule, a renamed key): the hub then rebuilds cached conversions made by older code.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 # GGML ftype recorded in general.file_type (llama.h llama_ftype: 0 ALL_F32, 1 MOSTLY_F16,
 # 7 MOSTLY_Q8_0, 2 MOSTLY_Q4_0, 15 MOSTLY_Q4_K_M-like: Q4_K matrices)
@@ -123,7 +123,8 @@ def storage_for(
       (added tables, mel buffers), stay float32.
     * q8_0 / q4_0 / q4_k: a matrix (2-D, or a kernel-1 convolution (O, I, 1), which is the same
       matrix) whose name does not match `keep_float` is quantized when its width is a multiple
-      of the block size. Q4_K super-blocks span 256 weights, so narrower widths use Q4_0. A
+      of the block size. Q4_K super-blocks span 256 weights, so narrower widths use Q5_0 (as
+      llama.cpp does: the 32-block type nearest in accuracy, 5.5 bits a weight). A
       quantized kernel-1 convolution is stored as its (O, I) matrix. Names matching `q8_0`
       (e.g. a tied embedding/output table, whose logits decide every token) are Q8_0 in every
       quantized type. Everything else as in f16.
@@ -139,7 +140,7 @@ def storage_for(
             qtype = GGMLType.Q8_0
         width = a.shape[1]
         if qtype == GGMLType.Q4_K and width % GGML_BLOCK[qtype][0]:
-            qtype = GGMLType.Q4_0
+            qtype = GGMLType.Q5_0
         if width % GGML_BLOCK[qtype][0] == 0:
             from npasr.nn.quant import WEIGHTED_TYPES, quantize  # noqa: PLC0415 (nn.quant imports io)
 

@@ -55,10 +55,10 @@ def test_quantized_file_layout(files: dict, name: str, wtype: str) -> None:
     for k, t in f.tensors.items():
         if k.startswith("preprocessor."):
             assert t.dtype == np.float32
-    for k, t in quantized.items():  # Q4_K super-blocks span 256: narrower rows use Q4_0
+    for k, t in quantized.items():  # Q4_K super-blocks span 256: narrower rows use Q5_0
         k_fits = t.shape[1] % 256 == 0
         want = {"q8_0": GGMLType.Q8_0, "q4_0": GGMLType.Q4_0,
-                "q4_k": GGMLType.Q4_K if k_fits else GGMLType.Q4_0}[wtype]  # fmt: skip
+                "q4_k": GGMLType.Q4_K if k_fits else GGMLType.Q5_0}[wtype]  # fmt: skip
         assert t.ggml_type == want, k
     # a pointwise conv (D2, D, 1) is stored as its (D2, D) matrix, decoding to the f32 weight
     name_pw = "encoder.layers.0.conv.pointwise_conv1.weight"
