@@ -318,3 +318,40 @@ print("ok")
 def test_python_path_with_jit_disabled() -> None:
     """NUMBA_DISABLE_JIT=1 runs the kernels as Python (prange = range): same contract."""
     assert_runs_without_jit(_NO_JIT_SCRIPT)
+
+
+def test_attention_scores_buffer_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encoder-sized attention computes its scores in a per-thread buffer reused across calls:
+    results equal the reference, stay valid after later calls (no aliasing), with masks,
+    broadcast heads, above the size cap, and from two threads at once."""
+    import threading
+
+    q1, k1 = _rand((4, 200, 64), 0.5, seed=1), _rand((4, 300, 64), 0.5, seed=2)
+    q2, k2 = _rand((2, 3, 250, 32), 0.5, seed=3), _rand((3, 250, 32), 0.5, seed=4)
+    mask = np.triu(np.full((250, 250), -np.inf, np.float32), k=1)
+    cases = [(q1, k1, k1, None), (q2, k2, k2, mask), (q1, k1, k1, None)]
+    assert all(
+        np.prod(np.broadcast_shapes(q.shape[:-2], k.shape[:-2])) * q.shape[-2] * k.shape[-2]
+        >= ops.KERNEL_MIN_SIZE
+        for q, k, _, _ in cases
+    )
+    outs = [ops.attention(q, k, v, m) for q, k, v, m in cases]
+    for (q, k, v, m), out in zip(cases, outs, strict=True):
+        np.testing.assert_allclose(out, ref.attention(q, k, v, m), rtol=0, atol=2e-6)
+    monkeypatch.setattr(ops, "SCORES_BUFFER_MAX_BYTES", 1024)  # every call: a fresh array
+    np.testing.assert_allclose(ops.attention(q1, k1, k1), outs[0], rtol=0, atol=1e-7)
+    monkeypatch.undo()
+    got: dict[int, np.ndarray] = {}
+
+    def run(i: int) -> None:
+        for _ in range(5):
+            q, k, v, m = cases[i]
+            got[i] = ops.attention(q, k, v, m)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        np.testing.assert_allclose(got[i], outs[i], rtol=0, atol=1e-7)
