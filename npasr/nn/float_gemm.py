@@ -146,17 +146,14 @@ def _make_tile(half: bool):  # type: ignore[no-untyped-def]
                 context.cast(builder, v, t, types.int64)
                 for v, t in zip(args[3:], signature.args[3:], strict=True)
             )
-            end = builder.append_basic_block("tile.end")
-            switch = builder.switch(rows_v, end)
-            for n_rows in range(1, MR + 1):  # one register-resident body per row count
-                case = builder.append_basic_block(f"tile.m{n_rows}")
-                switch.add_case(_i64(n_rows), case)
-                builder.position_at_end(case)
-                _tile_ir(
-                    builder, out_a.data, x_a.data, w_a.data, m0_v, p_v, k, ldx, ldo, n_rows, half
-                )
-                builder.branch(end)
-            builder.position_at_end(end)
+            irutil.row_switch(
+                builder,
+                rows_v,
+                MR,
+                lambda n: _tile_ir(
+                    builder, out_a.data, x_a.data, w_a.data, m0_v, p_v, k, ldx, ldo, n, half
+                ),
+            )
             return context.get_dummy_value()
 
         return sig, codegen

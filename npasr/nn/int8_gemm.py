@@ -280,15 +280,9 @@ def _make_tile(form: str):  # type: ignore[no-untyped-def]
                 context.cast(builder, v, t, types.int64)
                 for v, t in zip(args[8:], signature.args[8:], strict=True)
             )
-            end = builder.append_basic_block("tile.end")
-            switch = builder.switch(rows_v, end)
-            for n_rows in range(1, MR + 1):  # one register-resident body per row count
-                case = builder.append_basic_block(f"tile.m{n_rows}")
-                switch.add_case(_i64(n_rows), case)
-                builder.position_at_end(case)
-                _tile_ir(builder, ptrs, m0_v, p_v, k_v, ldo, n_rows, form)
-                builder.branch(end)
-            builder.position_at_end(end)
+            irutil.row_switch(
+                builder, rows_v, MR, lambda n: _tile_ir(builder, ptrs, m0_v, p_v, k_v, ldo, n, form)
+            )
             return context.get_dummy_value()
 
         return sig, codegen

@@ -4,6 +4,7 @@ float_gemm), which build their inner loops as IR through Numba @intrinsic functi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cache
 
 import numba as nb
@@ -30,6 +31,23 @@ def vload(builder: ir.IRBuilder, base: ir.Value, index: ir.Value, vt: ir.VectorT
 def fn(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
     """Declaration of the function (an LLVM intrinsic) `name` in the builder's module."""
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def row_switch(
+    builder: ir.IRBuilder, rows: ir.Value, max_rows: int, body: Callable[[int], None]
+) -> None:
+    """Branch on the run-time row count `rows` (i64) to one code path per count 1..max_rows,
+    each emitted by body(count), so every path keeps its accumulators in registers; any other
+    count does nothing. The builder continues after the paths join."""
+    end = builder.append_basic_block("rows.end")
+    switch = builder.switch(rows, end)
+    for n in range(1, max_rows + 1):
+        case = builder.append_basic_block(f"rows.{n}")
+        switch.add_case(ir.IntType(64)(n), case)
+        builder.position_at_end(case)
+        body(n)
+        builder.branch(end)
+    builder.position_at_end(end)
 
 
 def kernel_enabled(env: str, *features: str) -> bool:
