@@ -385,4 +385,11 @@ def warmup() -> float:
     w16 = rng.standard_normal((16, 64)).astype(np.float16)
     linear(x, w16)
     linear(rng.standard_normal((GEMV_MAX_ROWS + 1, 64)).astype(np.float32), w16)
+    kernels.softmax_inplace_kernel(x.copy())
+    kernels.silu_kernel(out, x)
+    kernels.glu_kernel(out[:, :32], x)
+    kernels.depthwise_conv_tc_kernel(out, x, x[:3].copy(), x[0].copy(), 1)  # Conformer conv
+    if float_gemm.available():  # f16 / f32 encoder matrices
+        for w in (w16, w16.astype(np.float32)):
+            linear(x, float_gemm.pack(w))
     return time.perf_counter() - t0

@@ -355,3 +355,19 @@ def test_attention_scores_buffer_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
         t.join()
     for i in (0, 1):
         np.testing.assert_allclose(got[i], outs[i], rtol=0, atol=1e-7)
+
+
+def test_warmup_compiles_every_kernel() -> None:
+    """`npasr warmup` (ops.warmup) leaves no parallel kernel to compile on first use."""
+    from npasr.nn import float_gemm, int8_gemm
+
+    ops.warmup()
+    names = ("softmax_kernel", "softmax_inplace_kernel", "gelu_kernel", "layer_norm_kernel",
+             "silu_kernel", "glu_kernel", "depthwise_conv_tc_kernel", "attention_kernel",
+             "gelu_serial_kernel", "layer_norm_serial_kernel")  # fmt: skip
+    for name in names:
+        assert getattr(kernels, name).signatures, name
+    if float_gemm.available():
+        assert len(float_gemm.gemm_kernel.signatures) == 2  # f16 and f32 panels
+    if int8_gemm.available():
+        assert int8_gemm.gemm_kernel.signatures
