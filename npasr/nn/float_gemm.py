@@ -119,11 +119,7 @@ def _tile_ir(builder, out_p, x_p, w_p, m0, p, k, ldx, ldo, rows: int, half: bool
             for g in range(NG):
                 a = builder.load(acc[m][g])
                 builder.store(builder.call(fma, [w[g], xs, a]), acc[m][g])
-    for m in range(rows):
-        o = builder.add(builder.mul(builder.add(m0, _i64(m)), ldo), builder.mul(p, _i64(NR)))
-        for g in range(NG):
-            dst = builder.gep(out_p, [builder.add(o, _i64(VL * g))])
-            builder.store(builder.load(acc[m][g]), builder.bitcast(dst, _vf.as_pointer()), align=4)
+    irutil.store_tile(builder, out_p, acc, m0, p, ldo)
 
 
 def _make_tile(half: bool):  # type: ignore[no-untyped-def]
@@ -134,18 +130,12 @@ def _make_tile(half: bool):  # type: ignore[no-untyped-def]
         sig = types.void(out, x, wp, m0, rows, p)
 
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            arrs = [
-                context.make_array(t)(context, builder, v)
-                for t, v in zip(signature.args[:3], args[:3], strict=True)
-            ]
-            out_a, x_a, w_a = arrs
+            (out_a, x_a, w_a), (m0_v, rows_v, p_v) = irutil.intrinsic_args(
+                context, builder, signature, args, 3
+            )
             ldo = builder.sdiv(builder.extract_value(out_a.strides, 0), _i64(4))
             ldx = builder.sdiv(builder.extract_value(x_a.strides, 0), _i64(4))
             k = builder.extract_value(x_a.shape, 1)
-            m0_v, rows_v, p_v = (
-                context.cast(builder, v, t, types.int64)
-                for v, t in zip(args[3:], signature.args[3:], strict=True)
-            )
             irutil.row_switch(
                 builder,
                 rows_v,

@@ -254,11 +254,7 @@ def _tile_ir(builder, ptrs, m0, p, k, ldo, rows: int, form: str) -> None:  # typ
                 if no:
                     f = builder.call(fma, [no[g], xsm, f])
                 builder.store(f, facc[m][g], align=4)
-    for m in range(rows):
-        o = builder.add(builder.mul(builder.add(m0, _i64(m)), ldo), builder.mul(p, _i64(NR)))
-        for g in range(NG):
-            dst = builder.gep(out_p, [builder.add(o, _i64(VL * g))])
-            builder.store(builder.load(facc[m][g]), builder.bitcast(dst, _vf.as_pointer()), align=4)
+    irutil.store_tile(builder, out_p, facc, m0, p, ldo)
 
 
 def _make_tile(form: str):  # type: ignore[no-untyped-def]
@@ -269,17 +265,11 @@ def _make_tile(form: str):  # type: ignore[no-untyped-def]
         sig = types.void(out, xq, sx, xs, qc, wq, sc, off, m0, rows, p, k)
 
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            arrs = [
-                context.make_array(t)(context, builder, v)
-                for t, v in zip(signature.args[:8], args[:8], strict=True)
-            ]
-            ptrs = [a.data for a in arrs]
-            ldo = builder.extract_value(arrs[0].strides, 0)  # bytes per out row
-            ldo = builder.sdiv(ldo, _i64(4))
-            m0_v, rows_v, p_v, k_v = (
-                context.cast(builder, v, t, types.int64)
-                for v, t in zip(args[8:], signature.args[8:], strict=True)
+            arrs, (m0_v, rows_v, p_v, k_v) = irutil.intrinsic_args(
+                context, builder, signature, args, 8
             )
+            ptrs = [a.data for a in arrs]
+            ldo = builder.sdiv(builder.extract_value(arrs[0].strides, 0), _i64(4))  # out row
             irutil.row_switch(
                 builder, rows_v, MR, lambda n: _tile_ir(builder, ptrs, m0_v, p_v, k_v, ldo, n, form)
             )
@@ -336,14 +326,8 @@ def _quant_row(typingctx, q, sx, xs, qc, x, m, k):  # type: ignore[no-untyped-de
     sig = types.void(q, sx, xs, qc, x, m, k)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        ptrs = [
-            context.make_array(t)(context, builder, v).data
-            for t, v in zip(signature.args[:5], args[:5], strict=True)
-        ]
-        m_v, k_v = (
-            context.cast(builder, v, t, types.int64)
-            for v, t in zip(args[5:], signature.args[5:], strict=True)
-        )
+        arrs, (m_v, k_v) = irutil.intrinsic_args(context, builder, signature, args, 5)
+        ptrs = [a.data for a in arrs]
         with cgutils.for_range(builder, builder.sdiv(k_v, _i64(QB))) as loop:
             _quant_block_ir(builder, ptrs, m_v, loop.index, k_v)
         return context.get_dummy_value()

@@ -9,6 +9,7 @@ from functools import cache
 
 import numba as nb
 from llvmlite import ir
+from numba import types
 from numba.core import cgutils
 
 _i32 = ir.IntType(32)
@@ -31,6 +32,34 @@ def vload(builder: ir.IRBuilder, base: ir.Value, index: ir.Value, vt: ir.VectorT
 def fn(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
     """Declaration of the function (an LLVM intrinsic) `name` in the builder's module."""
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def intrinsic_args(context, builder, signature, args, n_arrays: int):  # type: ignore[no-untyped-def]
+    """The arguments of a Numba @intrinsic codegen: the first n_arrays as array structs (`.data`
+    is the pointer, `.shape` / `.strides` the extents), the rest cast to int64."""
+    arrays = [
+        context.make_array(t)(context, builder, v)
+        for t, v in zip(signature.args[:n_arrays], args[:n_arrays], strict=True)
+    ]
+    ints = [
+        context.cast(builder, v, t, types.int64)
+        for v, t in zip(args[n_arrays:], signature.args[n_arrays:], strict=True)
+    ]
+    return arrays, ints
+
+
+def store_tile(builder: ir.IRBuilder, out_p, accs, m0, p, ldo) -> None:  # type: ignore[no-untyped-def]
+    """Write a GEMM micro-tile: accs[m][g] (pointers to <16 x float>) to out[m0 + m, 16 (G p +
+    g) ...] of a float32 output with row stride ldo (elements; m0, p, ldo i64 values)."""
+    i64, vf = ir.IntType(64), ir.VectorType(ir.FloatType(), 16)
+    n_groups = len(accs[0])
+    for m, row in enumerate(accs):
+        o = builder.add(
+            builder.mul(builder.add(m0, i64(m)), ldo), builder.mul(p, i64(16 * n_groups))
+        )
+        for g, acc in enumerate(row):
+            dst = builder.gep(out_p, [builder.add(o, i64(16 * g))])
+            builder.store(builder.load(acc), builder.bitcast(dst, vf.as_pointer()), align=4)
 
 
 def row_switch(

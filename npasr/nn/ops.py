@@ -19,8 +19,8 @@ Dispatch for a QTensor (M = number of activation rows):
 
 `softmax`, `gelu`, `silu`, `glu`, `layer_norm` and `depthwise_conv1d_tc` run
 `npasr.nn.kernels` on float32 input of at least KERNEL_MIN_SIZE elements and `npasr.nn.ref`
-otherwise. NPASR_BACKEND=numpy (read at every call)
-forces the reference for these ops; quantized weights always need the Numba kernels.
+otherwise. NPASR_BACKEND=numpy (read at every call) forces the reference for these ops;
+quantized weights always need the Numba kernels.
 """
 
 from __future__ import annotations

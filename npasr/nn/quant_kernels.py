@@ -182,23 +182,14 @@ def _make_row_dot(kind: str) -> Callable[..., None]:
         sig = types.void(res, xb, qs, scale, i, n_act, k)
 
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            res_p, x_p, qs_p, sc_p = (
-                context.make_array(t)(context, builder, v).data
-                for t, v in zip(signature.args[:4], args[:4], strict=True)
+            arrs, (i_v, n_v, k_v) = irutil.intrinsic_args(context, builder, signature, args, 4)
+            res_p, x_p, qs_p, sc_p = (a.data for a in arrs)
+            irutil.row_switch(
+                builder,
+                n_v,
+                MAX_ROWS,
+                lambda rows: _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i_v, k_v, rows, kind),
             )
-            i_v, n_v, k_v = (
-                context.cast(builder, v, t, types.int64)
-                for v, t in zip(args[4:], signature.args[4:], strict=True)
-            )
-            end = builder.append_basic_block("row_dot.end")
-            switch = builder.switch(n_v, end)  # one register-resident body per row count
-            for rows in range(1, MAX_ROWS + 1):
-                case = builder.append_basic_block(f"row_dot.m{rows}")
-                switch.add_case(ir.IntType(64)(rows), case)
-                builder.position_at_end(case)
-                _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i_v, k_v, rows, kind)
-                builder.branch(end)
-            builder.position_at_end(end)
             return context.get_dummy_value()
 
         return sig, codegen
