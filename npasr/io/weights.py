@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -114,7 +114,7 @@ def storage_for(
     keep_float: re.Pattern[str],
     keep_f32: re.Pattern[str] | None = None,
     q8_0: re.Pattern[str] | None = None,
-    importance: Mapping[str, np.ndarray] | None = None,
+    importance: Callable[[str], np.ndarray | None] | None = None,
 ) -> np.ndarray | RawTensor:
     """How tensor `name` is stored in a `wtype` file.
 
@@ -128,9 +128,10 @@ def storage_for(
       quantized kernel-1 convolution is stored as its (O, I) matrix. Names matching `q8_0`
       (e.g. a tied embedding/output table, whose logits decide every token) are Q8_0 in every
       quantized type. Everything else as in f16.
-    * importance: name -> (K,) input-channel weights (`npasr.nn.calibration`); a matrix named
-      there whose type takes them (`quant.WEIGHTED_TYPES`: Q4_0) is quantized to minimise the
-      weighted error instead of with gguf-py's plain rule.
+    * importance(name) -> (K,) input-channel weights (`npasr.nn.calibration`) or None, asked only
+      for a matrix whose type takes them (`quant.WEIGHTED_TYPES`: Q4_0, Q5_0), so statistics
+      that cost a forward pass are computed only when some tensor uses them; such a matrix is
+      quantized to minimise the weighted error instead of with gguf-py's plain rule.
     """
     check_wtype(wtype)
     qtype = QUANT_WTYPES.get(wtype)
@@ -144,7 +145,7 @@ def storage_for(
         if width % GGML_BLOCK[qtype][0] == 0:
             from npasr.nn.quant import WEIGHTED_TYPES, quantize  # noqa: PLC0415 (nn.quant imports io)
 
-            imp = importance.get(name) if importance and qtype in WEIGHTED_TYPES else None
+            imp = importance(name) if importance and qtype in WEIGHTED_TYPES else None
             q = quantize(np.asarray(a[..., 0] if a.ndim == 3 else a, np.float32), qtype, imp)
             return RawTensor(qtype, q.shape, q.blocks.reshape(-1))
     half = wtype != "f32" and a.ndim >= 2 and not (keep_f32 and keep_f32.search(name))

@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -408,17 +409,24 @@ _KEEP_F32 = re.compile(r"positional_embedding$")
 # with everything 4-bit, tiny.en q4_0 fell into repetition loops (WER 0.07 -> 0.68) and base q4_k
 # rose 0.04 -> 0.09; with this rule both match f16 or better.
 _Q8_0 = re.compile(r"(\.attn\.(query|key|value|out)\.|^decoder\.)")
+_ENCODER_MLP = re.compile(r"^encoder\.blocks\.\d+\.mlp\.[02]\.weight$")  # the 4-bit tensors
 
 
 def gguf_tensors(src: WhisperSource, wtype: str) -> dict[str, np.ndarray | RawTensor]:
     """Storage type per tensor: `npasr.io.weights.storage_for` with Whisper's keep-float names,
     so the 2-D attention and MLP matrices are the ones quantized. The 4-bit types weigh the
-    encoder MLPs' input channels by their calibration statistics (`calibrate`)."""
-    importance = None
-    if wtype in ("q4_0", "q4_k"):
+    encoder MLPs' input channels by their calibration statistics (`calibrate`), computed on the
+    first request (q4_k files of widths that are multiples of 256 never ask)."""
+
+    @cache
+    def statistics() -> dict[str, np.ndarray]:
         from npasr.models.whisper.calibrate import encoder_mlp_importance  # noqa: PLC0415
 
-        importance = encoder_mlp_importance(src)
+        return encoder_mlp_importance(src)
+
+    def importance(name: str) -> np.ndarray | None:
+        return statistics().get(name) if _ENCODER_MLP.match(name) else None
+
     return {
         n: storage_for(n, a, wtype, _KEEP_FLOAT, _KEEP_F32, _Q8_0, importance)
         for n, a in src.tensors.items()
