@@ -24,6 +24,7 @@ import numpy as np
 
 import npasr
 import npasr.hub
+from npasr.io.weights import FILE_TYPES
 from npasr.models.whisper.languages import LANGUAGES, language_code
 from npasr.output import FORMATS, format_timestamp, write_result
 from npasr.types import AudioError, NpasrError
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parser("list", help="show known models").set_defaults(func=_models_list)
     inst = models.add_parser("install", help="download/convert a model into the model directory")
     inst.add_argument("name")
-    inst.add_argument("--type", default="f16", choices=["f16", "f32"], help="weight type")
+    inst.add_argument("--type", default="f16", choices=list(FILE_TYPES), help="weight type")
     inst.add_argument("--force", action="store_true", help="reinstall even if present")
     inst.add_argument("--source", default=None, help="local checkpoint to convert instead")
     inst.set_defaults(func=_models_install)
@@ -289,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert", help="convert a checkpoint to GGUF")
     conv.add_argument("src", help="checkpoint file or directory")
     conv.add_argument("-o", "--output", required=True, metavar="OUT.gguf")
-    conv.add_argument("--type", default="f16", choices=["f32", "f16", "q8_0", "q4_0", "q4_k"])
+    conv.add_argument("--type", default="f16", choices=list(FILE_TYPES), help="weight type")
     conv.add_argument("--tokenizer", default=None, help="tokenizer file if not in SRC")
     conv.set_defaults(func=_convert)
 

@@ -308,9 +308,12 @@ def test_models_install(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(npasr.hub, "install", install)
     assert cli.main(["models", "install", "whisper-base", "--type", "f32", "--force"]) == 0
     assert cli.main(["models", "install", "whisper-tiny.en", "--source", "/ckpt"]) == 0
+    for wtype in ("q8_0", "q4_0", "q4_k"):  # the README's `models install NAME --type q8_0`
+        assert cli.main(["models", "install", "whisper-base", "--type", wtype]) == 0
     assert calls == [
         ("whisper-base", None, "f32", True),
         ("whisper-tiny.en", "/ckpt", "f16", False),
+        *[("whisper-base", None, t, False) for t in ("q8_0", "q4_0", "q4_k")],
     ]
     assert "whisper-base.gguf" in capsys.readouterr().out
 
