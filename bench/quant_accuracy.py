@@ -15,6 +15,9 @@ With --set DIR it scores a manifest.tsv set instead (columns file, part, transcr
 
     python bench/make_speech_set.py   # once
     python bench/quant_accuracy.py --set bench/out/speech_set --threads 1 [--json out.json]
+
+--decode greedy (the default: temperature 0 only) or fallback (transcribe()'s default options,
+with openai-whisper's temperature fallback).
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
+# greedy: temperature 0 only (a repetition loop stays in the transcript); fallback: the default
+# options of transcribe() and of the issue's speed bar, `transcribe(audio, beam_size=1)`, i.e.
+# openai-whisper's temperature fallback (0, 0.2, ..., 1.0) on a compression ratio > 2.4 or a mean
+# log-probability < -1 (sampling seeded, so runs repeat).
+DECODE = {
+    "greedy": {"temperature": 0.0, "language": "en"},
+    "fallback": {"beam_size": 1, "language": "en"},
+}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -40,13 +52,14 @@ def main() -> None:
     ap.add_argument("--set", type=Path, help="score DIR/manifest.tsv instead of the default clips")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="with --set: write per-clip hypotheses and errors")
+    ap.add_argument("--decode", choices=list(DECODE), default="greedy", help="decoding options")
     args = ap.parse_args()
 
     import npasr
 
     npasr.set_num_threads(args.threads)
     if args.set is not None:
-        score_set(args.set, args.models.split(","), args.types.split(","), args.json)
+        score_set(args.set, args.models.split(","), args.types.split(","), args.json, args.decode)
         return
     from npasr import hub
     from npasr.audio.io import load_audio
@@ -58,7 +71,7 @@ def main() -> None:
         sys.exit(f"{long_wav} is missing: run python bench/make_long_audio.py first")
     long_audio = load_audio(long_wav)
     long_ref = C.normalize(long_wav.with_suffix(".txt").read_text()).split()
-    print(f"load average {C.loadavg()}; {len(rows)} clips, "
+    print(f"load average {C.loadavg()}; decode {args.decode}; {len(rows)} clips, "
           f"{sum(len(C.normalize(r['transcript']).split()) for r in rows)} reference words")
     print(
         "| model | type | file MB | corpus WER | WER without the 88 s clip | per clip WER "
@@ -72,14 +85,14 @@ def main() -> None:
             errors = words = short_errors = short_words = 0
             per = []
             for r in rows:
-                hyp = m.transcribe(audio[r["file"]], temperature=0.0, language="en").text
+                hyp = m.transcribe(audio[r["file"]], **DECODE[args.decode]).text
                 ref = C.normalize(r["transcript"]).split()
                 e = C.word_errors(ref, C.normalize(hyp).split())
                 errors, words = errors + e, words + len(ref)
                 if not r["file"].startswith("en_hard-long"):
                     short_errors, short_words = short_errors + e, short_words + len(ref)
                 per.append(f"{e / max(len(ref), 1):.2f}")
-            hyp = m.transcribe(long_audio, temperature=0.0, language="en").text
+            hyp = m.transcribe(long_audio, **DECODE[args.decode]).text
             long_wer = C.word_errors(long_ref, C.normalize(hyp).split()) / len(long_ref)
             size = Path(path).stat().st_size / 1e6
             print(f"| {model} | {wtype} | {size:.1f} | {errors / words:.4f} | "
@@ -87,7 +100,9 @@ def main() -> None:
                   flush=True)  # fmt: skip
 
 
-def score_set(set_dir: Path, models: list[str], wtypes: list[str], json_out: Path | None) -> None:
+def score_set(
+    set_dir: Path, models: list[str], wtypes: list[str], json_out: Path | None, decode: str
+) -> None:
     """Corpus WER (total word errors / total reference words) of each model and weight type on
     every clip of set_dir/manifest.tsv, overall and per `part`."""
     import npasr
@@ -102,7 +117,7 @@ def score_set(set_dir: Path, models: list[str], wtypes: list[str], json_out: Pat
     total = sum(n_words.values())
     secs = sum(float(r["seconds"]) for r in rows)
     print(
-        f"load average {C.loadavg()}; {set_dir}: {len(rows)} clips, {secs:.0f} s, "
+        f"load average {C.loadavg()}; decode {decode}; {set_dir}: {len(rows)} clips, {secs:.0f} s, "
         f"{total} reference words ({', '.join(f'{p} {n_words[p]}' for p in parts)})"
     )
     print(
@@ -120,7 +135,7 @@ def score_set(set_dir: Path, models: list[str], wtypes: list[str], json_out: Pat
             errors = dict.fromkeys(parts, 0)
             clips = []
             for r in rows:
-                hyp = m.transcribe(audio[r["file"]], temperature=0.0, language="en").text
+                hyp = m.transcribe(audio[r["file"]], **DECODE[decode]).text
                 e = C.word_errors(refs[r["file"]], C.normalize(hyp).split())
                 errors[r["part"]] += e
                 clips.append(

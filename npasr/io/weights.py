@@ -93,7 +93,7 @@ def check_names_and_shapes(
 # Version of npasr's GGUF conventions and conversion rules, written as `npasr.format_version`.
 # Bump it whenever a converter would write a different file for the same source (a new storage
 # rule, a renamed key): the hub then rebuilds cached conversions made by older code.
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 # GGML ftype recorded in general.file_type (llama.h llama_ftype: 0 ALL_F32, 1 MOSTLY_F16,
 # 7 MOSTLY_Q8_0, 2 MOSTLY_Q4_0, 15 MOSTLY_Q4_K_M-like: Q4_K matrices)
@@ -128,10 +128,12 @@ def storage_for(
       quantized kernel-1 convolution is stored as its (O, I) matrix. Names matching `q8_0`
       (e.g. a tied embedding/output table, whose logits decide every token) are Q8_0 in every
       quantized type. Everything else as in f16.
-    * importance(name) -> (K,) input-channel weights (`npasr.nn.calibration`) or None, asked only
-      for a matrix whose type takes them (`quant.WEIGHTED_TYPES`: Q4_0, Q5_0), so statistics
-      that cost a forward pass are computed only when some tensor uses them; such a matrix is
-      quantized to minimise the weighted error instead of with gguf-py's plain rule.
+    * importance(name) -> (K,) input-channel weights or a (K, K) input second moment
+      (`npasr.nn.calibration`) or None, asked only for a matrix whose type takes them
+      (`quant.WEIGHTED_TYPES`: Q4_0, Q5_0, Q4_K, Q5_K), so statistics that cost a forward
+      pass are computed only when some tensor uses them; such a matrix is quantized to
+      minimise the error of its products (`quant.quantize(importance=)`) instead of with the
+      plain rule.
     """
     check_wtype(wtype)
     qtype = QUANT_WTYPES.get(wtype)

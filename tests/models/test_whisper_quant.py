@@ -93,25 +93,33 @@ def test_quantized_token_embedding_equals_its_dequantized_table(tiny_f16) -> Non
 
 @pytest.mark.weights
 def test_4bit_encoder_mlps_use_the_calibration() -> None:
-    """The q4_0 file's encoder MLP blocks are Q4_0 weighted by the bundled clips' input
-    statistics (npasr.models.whisper.calibrate), not gguf-py's plain blocks; the statistics
-    cover every encoder MLP matrix with one value per input channel, >= 1 (`shrink`: mean
-    squares scaled to mean 1, plus 1), above 1 where the channel was ever non-zero."""
+    """The 4-bit files' encoder MLP blocks are quantized with error feedback over the bundled
+    clips' input second moments (npasr.models.whisper.calibrate, quant._gptq), not with the
+    plain rule: the statistics cover every encoder MLP matrix as a symmetric (K, K) matrix
+    whose diagonal is the vector rule's (`shrink`: mean squares scaled to mean 1, plus 1)."""
     from npasr.models.whisper.calibrate import CALIBRATION_CLIPS, encoder_mlp_importance
     from npasr.models.whisper.weights import load_source
     from npasr.nn.quant import quantize
 
     assert all(p.is_file() for p in CALIBRATION_CLIPS)
     src = load_source(hub.source_dirs("whisper-tiny.en")[0])
-    imp = encoder_mlp_importance(src)
+    imp = encoder_mlp_importance(src, full=True)
     names = {f"encoder.blocks.{i}.mlp.{j}.weight" for i in range(4) for j in (0, 2)}
     assert set(imp) == names
     for n in names:
-        assert imp[n].shape == (src.tensors[n].shape[1],) and (imp[n] >= 1).all()
-        assert (imp[n] > 1).mean() > 0.9 and abs(imp[n].mean() - 2) < 1e-9
-    f = read_gguf(hub.resolve("whisper-tiny.en", wtype="q4_0"))
-    name = "encoder.blocks.2.mlp.2.weight"
-    w = np.asarray(src.tensors[name], np.float32)
-    stored = f.tensors[name].data.reshape(-1)
-    np.testing.assert_array_equal(stored, quantize(w, GGMLType.Q4_0, imp[name]).blocks.reshape(-1))
-    assert not np.array_equal(stored, quantize(w, GGMLType.Q4_0).blocks.reshape(-1))
+        k = src.tensors[n].shape[1]
+        h = imp[n]
+        assert h.shape == (k, k) and np.array_equal(h, h.T)
+        assert (np.diag(h) >= 1).all() and abs(np.diag(h).mean() - 2) < 1e-6
+        assert (np.diag(h) > 1).mean() > 0.9
+    for wtype, qtype, name in [
+        ("q4_0", GGMLType.Q4_0, "encoder.blocks.2.mlp.2.weight"),
+        ("q4_k", GGMLType.Q4_K, "encoder.blocks.1.mlp.2.weight"),  # K = 1536: Q4_K
+        ("q4_k", GGMLType.Q5_0, "encoder.blocks.0.mlp.0.weight"),  # K = 384: Q5_0
+    ]:
+        f = read_gguf(hub.resolve("whisper-tiny.en", wtype=wtype))
+        assert f.tensors[name].ggml_type == qtype
+        w = np.asarray(src.tensors[name], np.float32)
+        stored = f.tensors[name].data.reshape(-1)
+        np.testing.assert_array_equal(stored, quantize(w, qtype, imp[name]).blocks.reshape(-1))
+        assert not np.array_equal(stored, quantize(w, qtype).blocks.reshape(-1))

@@ -27,6 +27,26 @@ def test_mean_squares_of_the_inputs_and_restore() -> None:
     assert set(stats) == {"fc"}  # never called: absent
 
 
+def test_full_second_moment() -> None:
+    """full=True: the mean outer product of the input rows (float32 sums), whose diagonal is
+    the mean square; `shrink` of it mixes in the identity as the vector rule adds 1."""
+    from npasr.models.whisper.calibrate import shrink
+
+    rng = np.random.default_rng(1)
+    lin = Linear(rng.standard_normal((5, 8)).astype(np.float32), None)
+    owner = SimpleNamespace(fc=lin)
+    xs = [rng.standard_normal((30, 8)).astype(np.float32), rng.standard_normal((2, 7, 8))]
+    with input_mean_squares({"fc": (owner, "fc")}, full=True) as full:
+        for x in xs:
+            owner.fc(x.astype(np.float32))
+    rows = np.concatenate([x.reshape(-1, 8) for x in xs]).astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(full["fc"], rows.T @ rows / len(rows), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.diag(full["fc"]), (rows**2).mean(axis=0), rtol=1e-5)
+    h = full["fc"].astype(np.float64)
+    np.testing.assert_allclose(np.diag(shrink(h)), shrink(np.diag(h).copy()), rtol=1e-12)
+    np.testing.assert_array_equal(shrink(np.zeros((3, 3))), np.eye(3))
+
+
 def test_restored_after_an_error() -> None:
     lin = Linear(np.ones((2, 2), np.float32), None)
     owner = SimpleNamespace(fc=lin)

@@ -130,9 +130,10 @@ def _weighted_err(x: np.ndarray, w: QTensor, imp: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("qtype", quant.WEIGHTED_TYPES, ids=lambda t: t.name)
 def test_importance_weighted_blocks_never_worse(qtype: GGMLType) -> None:
-    """The weighted quantizer keeps valid blocks (gguf-py decodes them to the same values),
-    each block's weighted error is at most the plain rule's (its candidate set holds the
-    plain block), and on skewed importance the total is clearly lower."""
+    """The weighted quantizer keeps valid blocks (gguf-py decodes them to the same values), on
+    skewed importance the total weighted error is clearly lower, and for the 32-weight types
+    each block's is at most the plain rule's (its candidate set holds the plain block; a
+    k-quant's six-bit codes couple its sub-blocks, so only the total is promised there)."""
     rng = np.random.default_rng(7)
     x = np.concatenate([_edge_rows(256), rng.standard_normal((64, 256)).astype(np.float32)])
     imp = rng.gamma(0.3, 1.0, 256)  # a few channels dominate, as measured activations do
@@ -142,17 +143,118 @@ def test_importance_weighted_blocks_never_worse(qtype: GGMLType) -> None:
         weighted.dequantize(), gq.dequantize(weighted.blocks, _oracle(qtype)).reshape(x.shape)
     )
     e_plain, e_weighted = _weighted_err(x, plain, imp), _weighted_err(x, weighted, imp)
-    assert (e_weighted <= e_plain).all()
-    assert e_weighted.sum() < 0.8 * e_plain.sum()
+    if qtype in (GGMLType.Q4_0, GGMLType.Q5_0):
+        assert (e_weighted <= e_plain).all()
+    edge = 10 * 256 // 32  # blocks of the edge rows (one row is 1e4 times larger): left out
+    assert e_weighted[edge:].sum() < 0.8 * e_plain[edge:].sum()
     # all-zero importance: nothing to prefer, the plain blocks stay
     zero = quant.quantize(x, qtype, importance=np.zeros(256))
     np.testing.assert_array_equal(zero.blocks, plain.blocks)
+
+
+def _minmax_k(x: np.ndarray, levels: int) -> np.ndarray:
+    """The plain k-quant fit, dequantized: each sub-block's grid spans [min(x, 0), max(x)],
+    scales and offsets coded in six bits against the super-block's largest (no search)."""
+    sub = x.reshape(-1, 8, 32).astype(np.float32)
+    lo, hi = np.minimum(sub.min(-1), 0), sub.max(-1)
+    step = (hi - lo) / (levels - 1)
+
+    def six_bit(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sup = (v.max(-1, keepdims=True) / 63).astype(np.float16).astype(np.float32)
+        return sup, np.clip(np.rint(v / np.where(sup > 0, sup, 1)), 0, 63)
+
+    d, sc = six_bit(step)
+    dm, mn = six_bit(-lo)
+    scale, off = (d * sc)[..., None], (dm * mn)[..., None]
+    q = np.clip(np.rint((sub + off) / np.where(scale > 0, scale, 1)), 0, levels - 1)
+    return (scale * q - off).reshape(x.shape)
+
+
+@pytest.mark.parametrize(("qtype", "levels"), [(GGMLType.Q4_K, 16), (GGMLType.Q5_K, 32)])
+def test_k_quant_search_beats_min_max(qtype: GGMLType, levels: int) -> None:
+    """The k-quant grid search (`quant._fit_affine`) lowers the squared error of gaussian
+    weights well below the plain min/max fit (measured 9% for Q4_K, 6% for Q5_K), and no
+    sub-block's fitted grid, before six-bit coding, is worse than the min/max one under its
+    weights."""
+    x = np.random.default_rng(11).standard_normal((64, 1024)).astype(np.float32)
+    e_search = np.mean((quant.quantize(x, qtype).dequantize() - x) ** 2)
+    e_minmax = np.mean((_minmax_k(x, levels) - x) ** 2)
+    assert e_search < 0.96 * e_minmax
+    sub = x.reshape(-1, 32)
+    w = np.random.default_rng(12).gamma(0.5, 1.0, sub.shape)
+    s, o = quant._fit_affine(sub, w, levels)
+    lo, hi = np.minimum(sub.min(-1, keepdims=True), 0), sub.max(-1, keepdims=True)
+
+    def err(s: np.ndarray, o: np.ndarray) -> np.ndarray:
+        q = np.clip(np.rint((sub + o) / np.where(s > 0, s, 1)), 0, levels - 1)
+        return (w * (sub - s * q + o) ** 2).sum(-1)
+
+    assert (err(s, o) <= err((hi - lo) / (levels - 1), -lo) * (1 + 1e-12)).all()
+    assert (s >= 0).all() and (o >= 0).all()
+
+
+def _output_err(x: np.ndarray, w: QTensor, h: np.ndarray) -> float:
+    """tr(D h D^T) with D = dequantized - x: the summed squared error of the products over
+    inputs of second moment h."""
+    d = w.dequantize().astype(np.float64) - x
+    return float(np.einsum("ij,jk,ik->", d, h, d))
+
+
+def _correlated_moment(k: int, seed: int) -> np.ndarray:
+    """Second moment of (4k, k) inputs with correlated channels of very unequal size."""
+    rng = np.random.default_rng(seed)
+    mix = np.eye(k) + rng.standard_normal((k, k)) / np.sqrt(k)
+    x = rng.standard_normal((4 * k, k)) @ mix * rng.gamma(0.5, 1.0, k)
+    return x.T @ x / len(x)
+
+
+@pytest.mark.parametrize("qtype", quant.WEIGHTED_TYPES, ids=lambda t: t.name)
+def test_error_feedback_lowers_the_output_error(qtype: GGMLType) -> None:
+    """With a (K, K) second moment the whole matrix is quantized with error feedback: valid
+    blocks, and an output error clearly below both the plain and the diagonal-importance
+    blocks (measured 0.55-0.80 of the diagonal's on this data)."""
+    k = 512
+    h = _correlated_moment(k, 5)
+    x = np.random.default_rng(6).standard_normal((96, k)).astype(np.float32)
+    fed = quant.quantize(x, qtype, importance=h)
+    np.testing.assert_array_equal(
+        fed.dequantize(), gq.dequantize(fed.blocks, _oracle(qtype)).reshape(x.shape)
+    )
+    e_fed = _output_err(x, fed, h)
+    assert e_fed < 0.9 * _output_err(x, quant.quantize(x, qtype, importance=np.diag(h)), h)
+    assert e_fed < 0.7 * _output_err(x, quant.quantize(x, qtype), h)
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q4_K], ids=lambda t: t.name)
+def test_error_feedback_edge_cases(qtype: GGMLType) -> None:
+    """A rank-1 second moment (damped as in GPTQ) and the edge rows quantize to finite valid
+    blocks; with uncorrelated inputs (h = I) nothing is fed forward, so each 32-block is the
+    nearest point of its grid and no worse than the plain one."""
+    x = _edge_rows(256)
+    v = np.random.default_rng(8).standard_normal(256)
+    for h in (np.outer(v, v), np.eye(256)):
+        w = quant.quantize(x, qtype, importance=h)
+        assert np.isfinite(w.dequantize()).all()
+    if qtype == GGMLType.Q4_0:
+        ident = quant.quantize(x, qtype, importance=np.eye(256)).dequantize() - x
+        plain = quant.quantize(x, qtype).dequantize() - x
+        e_i, e_p = ((a.astype(np.float64) ** 2).reshape(-1, 32).sum(-1) for a in (ident, plain))
+        assert (e_i <= e_p * (1 + 1e-6) + 1e-30).all()
 
 
 def test_importance_errors() -> None:
     x = np.ones((2, 64), np.float32)
     with pytest.raises(NotImplementedError, match="Q8_0"):
         quant.quantize(x, GGMLType.Q8_0, importance=np.ones(64))
-    for bad in (np.ones(32), -np.ones(64), np.full(64, np.nan)):
+    asym = np.eye(64)
+    asym[0, 1] = 1.0
+    neg = np.eye(64)
+    neg[3, 3] = -1.0
+    for bad in (np.ones(32), -np.ones(64), np.full(64, np.nan), np.ones((32, 32)), asym, neg,
+                np.zeros((64, 64)), np.full((64, 64), np.inf)):
         with pytest.raises(ValueError, match="importance"):
             quant.quantize(x, GGMLType.Q4_0, importance=bad)
+    with pytest.raises(ValueError, match="positive definite"):  # damping cannot rescue this
+        indefinite = np.eye(64)
+        indefinite[0, 1] = indefinite[1, 0] = 2.0  # eigenvalue -1 on a non-negative diagonal
+        quant.quantize(x, GGMLType.Q4_0, importance=indefinite)

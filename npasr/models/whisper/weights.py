@@ -414,15 +414,15 @@ _ENCODER_MLP = re.compile(r"^encoder\.blocks\.\d+\.mlp\.[02]\.weight$")  # the 4
 
 def gguf_tensors(src: WhisperSource, wtype: str) -> dict[str, np.ndarray | RawTensor]:
     """Storage type per tensor: `npasr.io.weights.storage_for` with Whisper's keep-float names,
-    so the 2-D attention and MLP matrices are the ones quantized. The 4-bit types weigh the
-    encoder MLPs' input channels by their calibration statistics (`calibrate`), computed on the
-    first request (q4_k files of widths that are multiples of 256 never ask)."""
+    so the 2-D attention and MLP matrices are the ones quantized. The 4-bit types quantize the
+    encoder MLPs with error feedback over the second moment of their calibration inputs
+    (`calibrate`, `quant._gptq`), computed on the first request."""
 
     @cache
     def statistics() -> dict[str, np.ndarray]:
         from npasr.models.whisper.calibrate import encoder_mlp_importance  # noqa: PLC0415
 
-        return encoder_mlp_importance(src)
+        return encoder_mlp_importance(src, full=True)
 
     def importance(name: str) -> np.ndarray | None:
         return statistics().get(name) if _ENCODER_MLP.match(name) else None
