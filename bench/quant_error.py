@@ -113,7 +113,7 @@ def kl_table(model: str, wtypes: list[str], rules: list[str], files: list[str]) 
             n += len(lp)
         return kls / n, flips / n, n
 
-    src = load_source(hub.source_dirs(f"whisper-{model}")[0])
+    src = load_source(hub.source_dirs(f"whisper-{model}"))
     calib = encoder_mlp_importance(src, full=True)
     raw = {n: h - np.eye(len(h)) for n, h in calib.items()}
     for h in raw.values():
@@ -166,7 +166,8 @@ def main() -> None:
     if args.kl:
         for model in args.models.split(","):
             files = [f for f in args.files.split(",") if f and model in Path(f).name]
-            kl_table(model, args.types.split(","), args.rules.split(","), files)
+            rules = [r for r in args.rules.split(",") if r]  # --rules "": the files alone
+            kl_table(model, args.types.split(","), rules, files)
         return
 
     from npasr import hub
@@ -180,7 +181,7 @@ def main() -> None:
     print("| model | type | rule | mean rel. output error | per matrix (fc1, fc2 by layer) |")
     print("|---|---|---|---|---|")
     for model in args.models.split(","):
-        src = load_source(hub.source_dirs(f"whisper-{model}")[0])
+        src = load_source(hub.source_dirs(f"whisper-{model}"))
         t0 = time.perf_counter()
         calib = encoder_mlp_importance(src, full=True)  # shrink(H): H / mean diag + I
         raw = {n: h - np.eye(len(h)) for n, h in calib.items()}  # H / mean diag
