@@ -45,9 +45,14 @@ class _Parts:
     def take(self, n: int, what: str) -> np.ndarray:
         a, b = self.pos, self.pos + n
         if n < 0 or b > self.size:
+            last = self.paths[-1].name
+            hint = ""
+            if last.startswith("model.bin.part") and last[14:].isdigit():
+                nxt = f"model.bin.part{int(last[14:]) + 1}"
+                hint = f"; is {nxt} missing? put every part of a split model beside {last}"
             raise ModelFileError(
                 f"{self.paths[0].parent / self.name}: truncated: {what} needs bytes "
-                f"[{a},{b}) but the file has {self.size}"
+                f"[{a},{b}) but the file has {self.size}{hint}"
             )
         self.pos = b
         pieces = []

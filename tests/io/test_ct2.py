@@ -59,6 +59,14 @@ def test_split_parts_without_joining(tmp_path):
     assert not (tmp_path / "p1" / "model.bin").exists()
 
 
+def test_missing_part_is_named(tmp_path):
+    """A split model read without its last part fails as truncated, naming the missing part."""
+    data = _ct2_bytes(VARS, {})
+    (tmp_path / "model.bin.part1").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match=r"truncated.*is model\.bin\.part2 missing"):
+        read_ct2(tmp_path)
+
+
 def test_truncated_everywhere(tmp_path):
     data = _ct2_bytes(VARS, {"b/weight": "a/weight"})
     for cut in range(len(data)):
