@@ -74,14 +74,11 @@ def kl_table(model: str, wtypes: list[str], rules: list[str], files: list[str]) 
 
     from npasr import hub
     from npasr.audio.features import log_mel_whisper
-    from npasr.io.gguf import GGML_BLOCK, GGMLType
     from npasr.models.whisper.asr import WhisperModel
-    from npasr.models.whisper.calibrate import encoder_mlp_importance, shrink
     from npasr.models.whisper.model import KVCache
     from npasr.models.whisper.transcribe import N_FRAMES, N_SAMPLES
     from npasr.models.whisper.weights import load_source
     from npasr.nn.layers import Linear
-    from npasr.nn.quant import quantize
 
     clips = kl_clips()
     m16 = WhisperModel.from_gguf(hub.resolve(f"whisper-{model}", wtype="f16"))
@@ -114,10 +111,7 @@ def kl_table(model: str, wtypes: list[str], rules: list[str], files: list[str]) 
         return kls / n, flips / n, n
 
     src = load_source(hub.source_dirs(f"whisper-{model}"))
-    calib = encoder_mlp_importance(src, full=True)
-    raw = {n: h - np.eye(len(h)) for n, h in calib.items()}
-    for h in raw.values():
-        np.fill_diagonal(h, np.maximum(np.diag(h), 0.0))
+    calib, raw = _statistics(src)
     print(f"{model}: {len(clips)} held-out clips, {sum(len(r) for r in ref)} token positions")
     print("| model | weights | rule | mean KL from f16 (nats) | top token differs |")
     print("|---|---|---|---|---|")
@@ -131,13 +125,8 @@ def kl_table(model: str, wtypes: list[str], rules: list[str], files: list[str]) 
                 blk.mlp = copy.copy(blk.mlp)
                 for j, attr in ((0, "fc1"), (2, "fc2")):
                     n = f"encoder.blocks.{i}.mlp.{j}.weight"
-                    w = np.asarray(src.tensors[n], np.float32)
-                    qtype = GGMLType.Q4_0 if wtype == "q4_0" else GGMLType.Q4_K
-                    if w.shape[1] % GGML_BLOCK[qtype][0]:
-                        qtype = GGMLType.Q5_0
-                    imp = _rule_importance(rule, raw[n], calib[n], shrink)
-                    bias = getattr(blk.mlp, attr).bias
-                    setattr(blk.mlp, attr, Linear(quantize(w, qtype, imp), bias))
+                    q = _quantized(src.tensors[n], wtype, _rule_importance(rule, raw[n], calib[n]))
+                    setattr(blk.mlp, attr, Linear(q, getattr(blk.mlp, attr).bias))
             kl, flip, _ = score(m)
             print(f"| {model} | encoder MLPs {wtype} | {rule} | {kl:.5f} | {100 * flip:.2f}% |",
                   flush=True)
@@ -147,8 +136,33 @@ def kl_table(model: str, wtypes: list[str], rules: list[str], files: list[str]) 
               flush=True)
 
 
-def _rule_importance(rule: str, raw: np.ndarray, calib: np.ndarray, shrink) -> np.ndarray | None:
+def _statistics(src) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The converter's calibration statistics, shrink(H) = H / mean diag + I, and H / mean diag."""
+    from npasr.models.whisper.calibrate import encoder_mlp_importance
+
+    calib = encoder_mlp_importance(src, full=True)
+    raw = {n: h - np.eye(len(h), dtype=h.dtype) for n, h in calib.items()}
+    for h in raw.values():  # rounding may leave a dead channel at -1e-8
+        np.fill_diagonal(h, np.maximum(np.diag(h), 0.0))
+    return calib, raw
+
+
+def _quantized(w: np.ndarray, wtype: str, imp: np.ndarray | None):
+    """w stored as a `wtype` file's encoder MLP is (the converter's own type rule, so Q5_0 where
+    a Q4_K row would be narrower than 256), quantized with importance imp."""
+    import re
+
+    from npasr.io.weights import storage_for
+    from npasr.nn.quant import QTensor
+
+    never = re.compile(r"$^")
+    return QTensor.from_raw(storage_for("w", w, wtype, never, importance=lambda _: imp))
+
+
+def _rule_importance(rule: str, raw: np.ndarray, calib: np.ndarray) -> np.ndarray | None:
     """importance for `quantize` under a rule name (module docstring); raw = H / mean diag."""
+    from npasr.models.whisper.calibrate import shrink
+
     if rule.startswith("gptq:"):  # gptq:A, the second moment mixed with A * I
         return raw + float(rule[5:]) * np.eye(len(raw))
     rules = {"plain": None, "diag": shrink(np.diag(raw).copy()), "gptq": calib, "gptq-raw": raw}
@@ -171,10 +185,8 @@ def main() -> None:
         return
 
     from npasr import hub
-    from npasr.io.gguf import GGML_BLOCK, GGMLType
-    from npasr.models.whisper.calibrate import encoder_mlp_importance, shrink
+    from npasr.models.whisper.calibrate import encoder_mlp_importance
     from npasr.models.whisper.weights import load_source
-    from npasr.nn.quant import quantize
 
     held = held_out_clips()
     print(f"load average {C.loadavg()}; {len(held)} held-out windows")
@@ -183,10 +195,7 @@ def main() -> None:
     for model in args.models.split(","):
         src = load_source(hub.source_dirs(f"whisper-{model}"))
         t0 = time.perf_counter()
-        calib = encoder_mlp_importance(src, full=True)  # shrink(H): H / mean diag + I
-        raw = {n: h - np.eye(len(h)) for n, h in calib.items()}  # H / mean diag
-        for h in raw.values():  # rounding may leave a dead channel at -1e-17
-            np.fill_diagonal(h, np.maximum(np.diag(h), 0.0))
+        calib, raw = _statistics(src)
         test = encoder_mlp_importance(src, clips=held, full=True)
         print(f"<!-- {model}: statistics {time.perf_counter() - t0:.1f} s -->")
         names = sorted(calib, key=lambda n: (int(n.split(".")[2]), n))
@@ -196,11 +205,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 for n in names:
                     w = np.asarray(src.tensors[n], np.float32)
-                    qtype = GGMLType.Q4_0 if wtype == "q4_0" else GGMLType.Q4_K
-                    if w.shape[1] % GGML_BLOCK[qtype][0]:
-                        qtype = GGMLType.Q5_0
-                    imp = _rule_importance(rule, raw[n], calib[n], shrink)
-                    d = quantize(w, qtype, imp).dequantize().astype(np.float64) - w
+                    q = _quantized(w, wtype, _rule_importance(rule, raw[n], calib[n]))
+                    d = q.dequantize().astype(np.float64) - w
                     h, w64 = test[n], w.astype(np.float64)
                     errs.append(np.einsum("ij,jk,ik->", d, h, d) / np.einsum(
                         "ij,jk,ik->", w64, h, w64))

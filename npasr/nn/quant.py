@@ -168,9 +168,16 @@ def _quantize_sym_weighted(x: F32, levels: int, imp: np.ndarray) -> tuple[F32, U
     return best_d.astype(np.float32), (best_v + half).astype(np.uint8)
 
 
+def _pack_sym(d: F32, q: U8, levels: int) -> U8:
+    """Q4_0 (levels 16) / Q5_0 (levels 32) block bytes from scales (n, 1) and values (n, 32)."""
+    if levels == 16:
+        return np.concatenate([_f16(d), _pack_nibbles(q)], axis=-1)
+    return np.concatenate([_f16(d), _qh_pack(q), _pack_nibbles(q)], axis=-1)
+
+
 def _quantize_q4_0(x: F32, imp: np.ndarray | None = None) -> U8:
     d, q = _quantize_sym(x, 16) if imp is None else _quantize_sym_weighted(x, 16, imp)
-    return np.concatenate([_f16(d), _pack_nibbles(q)], axis=-1)
+    return _pack_sym(d, q, 16)
 
 
 def _quantize_q4_1(x: F32) -> U8:
@@ -180,7 +187,7 @@ def _quantize_q4_1(x: F32) -> U8:
 
 def _quantize_q5_0(x: F32, imp: np.ndarray | None = None) -> U8:
     d, q = _quantize_sym(x, 32) if imp is None else _quantize_sym_weighted(x, 32, imp)
-    return np.concatenate([_f16(d), _qh_pack(q), _pack_nibbles(q)], axis=-1)
+    return _pack_sym(d, q, 32)
 
 
 def _quantize_q5_1(x: F32) -> U8:
@@ -188,14 +195,19 @@ def _quantize_q5_1(x: F32) -> U8:
     return np.concatenate([_f16(d), _f16(lo), _qh_pack(q), _pack_nibbles(q)], axis=-1)
 
 
-# --- k-quants: quantize (own min/max fit; gguf-py has none to compare with) ---------------------
+# --- k-quants: quantize (own grid search; gguf-py has none to compare with) ---------------------
 
 
-def _six_bit(v: F32, vmax: F32) -> tuple[F32, U8]:
-    """Per-sub-block values (n, S) >= 0 -> super scale (n, 1) as stored in f16, codes 0..63."""
-    sup = _from_f16(_f16(vmax / np.float32(63)))
-    codes = np.clip(np.rint(v * _inv(sup)), 0, 63).astype(np.uint8)
-    return sup, codes
+def _k_codes(v: np.ndarray, sup: F32) -> U8:
+    """Sub-block scales or offsets (n, S) >= 0 -> six-bit codes against the super scale (n, 1)."""
+    return np.clip(np.rint(v * _inv(sup)), 0, 63).astype(np.uint8)
+
+
+def _six_bit(v: np.ndarray) -> tuple[F32, U8]:
+    """Per-sub-block values (n, S) >= 0 -> super scale (n, 1), max / 63 as stored in f16, and
+    the codes 0..63 against it."""
+    sup = _from_f16(_f16((v.max(-1, keepdims=True) / 63).astype(np.float32)))
+    return sup, _k_codes(v, sup)
 
 
 def _pack_k_scales(sc: U8, mn: U8) -> U8:
@@ -273,19 +285,13 @@ def _fit_affine(x: np.ndarray, w: np.ndarray, levels: int) -> tuple[np.ndarray, 
     return best_s, best_o
 
 
-def _k_codes(v: np.ndarray, sup: F32) -> U8:
-    """Sub-block scales or offsets (n, S) >= 0 -> six-bit codes against the super scale (n, 1)."""
-    return np.clip(np.rint(v * _inv(sup)), 0, 63).astype(np.uint8)
-
-
 def _k_grid(sub: np.ndarray, w: np.ndarray, levels: int) -> tuple[F32, F32, U8, U8]:
     """Super-blocks sub (n, 8, 32), weights w (n, 8, 32) -> d, dmin (n, 1) as stored (f16
     values) and the six-bit codes sc, mn (n, 8) of `_fit_affine`'s scales and offsets."""
     n = sub.shape[0]
     s, o = (a.reshape(n, 8) for a in _fit_affine(sub.reshape(-1, 32), w.reshape(-1, 32), levels))
-    d = _from_f16(_f16((s.max(-1, keepdims=True) / 63).astype(np.float32)))
-    dmin = _from_f16(_f16((o.max(-1, keepdims=True) / 63).astype(np.float32)))
-    return d, dmin, _k_codes(s, d), _k_codes(o, dmin)
+    (d, sc), (dmin, mn) = _six_bit(s), _six_bit(o)
+    return d, dmin, sc, mn
 
 
 def _k_round(x: F32, scale: F32, offset: F32, levels: int) -> U8:
@@ -408,10 +414,7 @@ def _gptq(x: F32, qtype: GGMLType, h: np.ndarray, batch: int = 256) -> U8:
         d, dmin = (a.reshape(nb, n).T.reshape(-1, 1) for a in (d, dmin))
         sc, mn = (a.reshape(nb, n, 8).transpose(1, 0, 2).reshape(-1, 8) for a in (sc, mn))
         return _pack_k(d, dmin, sc, mn, q.reshape(-1, QK_K), levels)
-    d, qb = scale.reshape(-1, 1), q.reshape(-1, 32)
-    if qtype == GGMLType.Q4_0:
-        return np.concatenate([_f16(d), _pack_nibbles(qb)], axis=-1)
-    return np.concatenate([_f16(d), _qh_pack(qb), _pack_nibbles(qb)], axis=-1)
+    return _pack_sym(scale.reshape(-1, 1), q.reshape(-1, 32), levels)
 
 
 # --- dequantize (bit-exact with gguf-py: same operations in the same order) ----------------------
