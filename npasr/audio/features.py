@@ -180,14 +180,31 @@ def stft_power(
         w = _window(window, win_length or n_fft, n_fft)
     else:
         w = _pad_window(np.asarray(window, dtype=np.float64), n_fft)
-    x = np.asarray(x, dtype=_FFT_DTYPE)
+    frames = _frames(x, n_fft, hop, center, pad_mode)
+    return _power(frames, w, 0, len(frames)).T  # (F, T)
+
+
+# Frames per FFT batch in log_mel: ~6 MB of float64 temporaries whatever the audio length, where
+# one FFT over all frames of a 5-minute file took 280 MB.
+_CHUNK_FRAMES = 2000
+
+
+def _frames(x: np.ndarray, n_fft: int, hop: int, center: bool, pad_mode: str) -> np.ndarray:
+    """(T, n_fft) view of the (padded) signal in its own dtype: no float64 copy of the audio."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = x.astype(_FFT_DTYPE)
     if center and x.size > 0:
         x = np.pad(x, n_fft // 2, mode=pad_mode)
     if x.size < n_fft:
-        return np.zeros((n_fft // 2 + 1, 0), dtype=_FFT_DTYPE)
-    frames = sliding_window_view(x, n_fft)[::hop]  # (T, n_fft) view, no copy
-    spec = np.fft.rfft(frames * w.astype(_FFT_DTYPE), axis=-1)  # (T, F) complex
-    return (spec.real**2 + spec.imag**2).T  # (F, T)
+        return np.zeros((0, n_fft), dtype=x.dtype)
+    return sliding_window_view(x, n_fft)[::hop]
+
+
+def _power(frames: np.ndarray, w: np.ndarray, t0: int, t1: int) -> np.ndarray:
+    """|rfft(frame * w)|² of frames t0..t1-1 in float64, (t1 - t0, F)."""
+    spec = np.fft.rfft(frames[t0:t1].astype(_FFT_DTYPE) * w.astype(_FFT_DTYPE), axis=-1)
+    return spec.real**2 + spec.imag**2
 
 
 def feature_length(n_samples: int, cfg: MelConfig) -> int:
@@ -229,26 +246,31 @@ def log_mel(
         x = np.concatenate([x[:1], x[1:] - cfg.preemphasis * x[:-1]])
     if window is None:
         window = _window(cfg.window, cfg.win_length, cfg.n_fft)
-    power = stft_power(
-        x, cfg.n_fft, cfg.hop_length, window, center=cfg.center, pad_mode=cfg.pad_mode
-    )  # (F, T)
-    if cfg.drop_last_frame:
-        power = power[:, :-1]  # (F, T - 1)
+    w = _pad_window(np.asarray(window, dtype=np.float64), cfg.n_fft)
+    frames = _frames(x, cfg.n_fft, cfg.hop_length, cfg.center, cfg.pad_mode)
+    n_frames = max(len(frames) - 1, 0) if cfg.drop_last_frame else len(frames)  # Whisper drops 1
     fb = filterbank if filterbank is not None else mel_filterbank(
         cfg.sample_rate, cfg.n_fft, cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
         scale=cfg.mel_scale, norm=cfg.mel_norm)  # fmt: skip
-    if fb.shape != (cfg.n_mels, power.shape[0]):
-        raise ValueError(f"filterbank {fb.shape} does not fit ({cfg.n_mels}, {power.shape[0]})")
-    mel = fb.astype(_FFT_DTYPE) @ power  # (M, T)
+    if fb.shape != (cfg.n_mels, cfg.n_fft // 2 + 1):
+        raise ValueError(f"filterbank {fb.shape} does not fit ({cfg.n_mels}, {cfg.n_fft // 2 + 1})")
+    fb64 = fb.astype(_FFT_DTYPE)
+    out = np.empty((cfg.n_mels, n_frames), dtype=_FFT_DTYPE)  # (M, T) mel power, then its log
+    for t0 in range(0, n_frames, _CHUNK_FRAMES):
+        t1 = min(n_frames, t0 + _CHUNK_FRAMES)
+        np.matmul(fb64, _power(frames, w, t0, t1).T, out=out[:, t0:t1])
+    # in place from here: the same element-wise operations, one (M, T) array
     if cfg.log == "log10_whisper":
-        out = np.log10(np.maximum(mel, cfg.log_floor))
+        np.log10(np.maximum(out, cfg.log_floor, out=out), out=out)
         if out.size > 0:
-            out = np.maximum(out, out.max() - 8.0)  # 80 dB dynamic range below the global max
-        out = (out + 4.0) / 4.0
+            np.maximum(out, out.max() - 8.0, out=out)  # 80 dB dynamic range below the global max
+        out += 4.0
+        out /= 4.0
     elif cfg.log == "ln_clamp":
-        out = np.log(np.clip(mel, cfg.log_floor, cfg.log_ceil))
+        np.log(np.clip(out, cfg.log_floor, cfg.log_ceil, out=out), out=out)
     elif cfg.log == "ln_add":
-        out = np.log(mel + cfg.log_floor)
+        out += cfg.log_floor
+        np.log(out, out=out)
     else:
         raise ValueError(f"unknown log variant {cfg.log!r}")
     if cfg.normalize == "per_feature":
@@ -268,7 +290,9 @@ def _normalize_per_feature(x: np.ndarray, n_valid: int, eps: float) -> np.ndarra
     valid = x[:, :n_valid]  # (M, T_valid)
     mean = valid.mean(axis=1, keepdims=True)
     std = valid.std(axis=1, ddof=1, keepdims=True)
-    out = (x - mean) / (std + eps)
+    out = x  # in place: x is log_mel's own scratch
+    out -= mean
+    out /= std + eps
     out[:, n_valid:] = 0.0  # frames past the audio are padding (NeMo pad_value = 0)
     return out
 

@@ -22,7 +22,6 @@ from typing import IO
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from npasr.types import F32, AudioError
 
@@ -135,6 +134,8 @@ def _resample(x: F32, orig_sr: int, sr: int) -> F32:
         return np.ascontiguousarray(x, dtype=np.float32)
     g = math.gcd(orig_sr, sr)
     # 44100 → 16000 is up 160 / down 441; output length is ceil(N * up / down)
+    from scipy.signal import resample_poly  # noqa: PLC0415 (50 MB of RSS: only when resampling)
+
     return resample_poly(x, sr // g, orig_sr // g).astype(np.float32, copy=False)
 
 

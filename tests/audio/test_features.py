@@ -281,6 +281,42 @@ def test_nemo_preemphasis_and_window() -> None:
     np.testing.assert_allclose(log_mel(x, cfg), np.log(fb @ power + 2.0**-24), rtol=1e-6, atol=1e-5)
 
 
+# --- memory: frames go through the FFT in batches -------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("chunk", [7, 2000])
+def test_batched_fft_is_invisible(name: str, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bit-identical to one FFT over every frame, across batch edges and a short last batch."""
+    from npasr.audio import features
+
+    x = np.random.default_rng(1).standard_normal(16000 * 45 + 123).astype(np.float32) * 0.1
+    monkeypatch.setattr(features, "_CHUNK_FRAMES", 10**9)
+    whole = log_mel(x, CONFIGS[name])
+    monkeypatch.setattr(features, "_CHUNK_FRAMES", chunk)
+    np.testing.assert_array_equal(log_mel(x, CONFIGS[name]), whole)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_log_mel_memory_is_linear_in_small_multiples(name: str) -> None:
+    """Peak NumPy allocation for 2 minutes of audio: two copies of the audio (pre-emphasis,
+    centre padding), the float64 (M, T) scratch and the float32 result, plus ~24 MB of per-batch
+    FFT temporaries. One FFT over all frames took 74-116 MB here (complex spectrum of every
+    frame); the batches take 16-42 MB."""
+    import tracemalloc
+
+    cfg = CONFIGS[name]
+    x = np.random.default_rng(2).standard_normal(16000 * 120).astype(np.float32) * 0.1
+    tracemalloc.start()
+    try:
+        out = log_mel(x, cfg)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    bound = 2 * x.nbytes + 3 * out.nbytes + 24 * 2**20
+    assert peak <= bound, f"log_mel peaked at {peak / 2**20:.1f} MB > {bound / 2**20:.1f} MB"
+
+
 # --- speed -----------------------------------------------------------------------------------
 
 

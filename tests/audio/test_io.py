@@ -291,3 +291,23 @@ def test_pad_or_trim() -> None:
     m = np.ones((2, 4), np.float32)  # (M, T)
     assert pad_or_trim(m, 6).shape == (2, 6) and pad_or_trim(m, 6)[:, 4:].sum() == 0
     assert pad_or_trim(m, 1, axis=0).shape == (1, 4)
+
+
+def test_scipy_signal_and_special_load_only_when_used(tmp_path: Path) -> None:
+    """scipy.signal (resampling) and scipy.special (the reference GELU) cost ~65 MB of RSS at
+    import; reading 16 kHz audio and importing the NumPy references must not pull them in."""
+    import soundfile as sf
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(1600, np.float32), 16000)
+    wav44 = tmp_path / "b.wav"
+    sf.write(wav44, np.zeros(4410, np.float32), 44100)
+    code = (
+        "import sys, npasr.nn.ref, npasr.audio.features, npasr.audio.io as io\n"
+        f"io.load_audio({str(wav)!r})\n"
+        "print(sorted(m for m in ('scipy.signal', 'scipy.special') if m in sys.modules))\n"
+        f"io.load_audio({str(wav44)!r})\n"
+        "print(sorted(m for m in ('scipy.signal', 'scipy.special') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "['scipy.signal', 'scipy.special']"], out.stdout
