@@ -327,12 +327,27 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | Non
     if _numba_backend() and big and q.dtype == k.dtype == np.float32:
         # scores into a reused buffer, softmax in place: a fresh (H, Tq, Tk) array costs more in
         # page faults than the product itself (Whisper base encoder layer: 30 vs 13 ms)
-        s = _scores_buffer(shape)
-        np.matmul(qs, kt, out=s)
-        if mask is not None:
-            s += mask
-        kernels.softmax_inplace_kernel(s.reshape(-1, n_k))
-        return s @ v
+        # in blocks of query rows, so the buffer stays near SCORES_BLOCK_BYTES (Whisper's encoder
+        # would otherwise hold (H, 1500, 1500) scores: 54 MB for tiny, 72 MB for base)
+        rows = max(1, SCORES_BLOCK_BYTES // (4 * math.prod(shape[:-2]) * n_k))
+        if rows >= n_q:
+            s = _scores_buffer(shape)
+            np.matmul(qs, kt, out=s)
+            if mask is not None:
+                s += mask
+            kernels.softmax_inplace_kernel(s.reshape(-1, n_k))
+            return s @ v
+        out = np.empty((*shape[:-1], v.shape[-1]), np.float32)
+        row_mask = mask is not None and mask.ndim >= 2 and mask.shape[-2] == n_q
+        for r0 in range(0, n_q, rows):
+            r1 = min(n_q, r0 + rows)
+            s = _scores_buffer((*shape[:-2], r1 - r0, n_k))
+            np.matmul(qs[..., r0:r1, :], kt, out=s)
+            if mask is not None:
+                s += mask[..., r0:r1, :] if row_mask else mask
+            kernels.softmax_inplace_kernel(s.reshape(-1, n_k))
+            np.matmul(s, v, out=out[..., r0:r1, :])
+        return out
     s = qs @ kt
     if mask is not None:
         s += mask
@@ -340,6 +355,7 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | Non
 
 
 SCORES_BUFFER_MAX_BYTES = 1 << 28  # larger score arrays are allocated per call
+SCORES_BLOCK_BYTES = 1 << 23  # attention scores are computed in query blocks of about this size
 _scratch = threading.local()
 
 

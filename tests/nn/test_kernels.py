@@ -20,6 +20,8 @@ Tolerances, measured max errors in brackets (float32 inputs from default_rng(0))
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -355,6 +357,28 @@ def test_attention_scores_buffer_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
         t.join()
     for i in (0, 1):
         np.testing.assert_allclose(got[i], outs[i], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 6 * 4 * 250 * 7, 1 << 40])
+def test_attention_in_query_blocks(block_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encoder-sized scores are computed SCORES_BLOCK_BYTES at a time (1 row, 7 rows with a
+    short last block, all rows): the same result as the reference, with a per-row mask, a
+    broadcast mask row, and broadcast heads; the scores buffer never outgrows one block."""
+    monkeypatch.setattr(ops, "SCORES_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(ops, "_scratch", threading.local())
+    q, k, v = (
+        _rand((2, 3, 250, 32), 0.5, 3),
+        _rand((3, 250, 32), 0.5, 4),
+        _rand((3, 250, 32), 0.5, 5),
+    )
+    causal = np.triu(np.full((250, 250), -np.inf, np.float32), k=1)
+    pad = np.zeros((1, 250), np.float32)
+    pad[0, 200:] = -np.inf
+    for mask in (None, causal, pad):
+        got = ops.attention(q, k, v, mask)
+        np.testing.assert_allclose(got, ref.attention(q, k, v, mask), rtol=0, atol=2e-6)
+    rows = min(250, max(1, block_bytes // (4 * 2 * 3 * 250)))
+    assert ops._scratch.scores.size == 2 * 3 * rows * 250
 
 
 def test_warmup_compiles_every_kernel() -> None:
