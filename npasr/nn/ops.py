@@ -12,6 +12,12 @@ Dispatch for a QTensor (M = number of activation rows):
 * larger M (encoders), on CPUs with AVX-512 VNNI: `int8_gemm.gemm`, the activations quantized
   per 32-block to int8 (as ggml does) and multiplied in int8 -> int32; the only difference from
   the reference is that activation rounding (~5e-3 relative RMS). NPASR_INT8_GEMM=0 turns it off.
+* the exception: a 4-bit weight (Q4_0, Q4_1, Q4_K) of at least INT8_GEMV_MIN_WEIGHTS takes
+  `int8_gemm.gemm` for few rows too. Its float GEMV widens every nibble to float32 and is compute
+  bound on Zen 4 (double-pumped AVX-512): 4096 x 4096 at 0.37-0.43x NumPy's f32 GEMV, where the
+  int8 path is 0.24x. The activation rounding is far below the 4-bit weight error; Q8_0 and Q5
+  weights keep the exact float GEMV, whose error is the weight's alone. Below the size the int8
+  path's fixed cost (~0.1 ms: quantizing x, waking the workers) loses.
 * larger M elsewhere: dequantize TILE_BYTES of weight rows at a time into a reused f32 buffer
   and multiply with BLAS, which is compute bound there; the tile dequantize is the Numba kernel.
 * a type with no kernel layout (Q6_K): the same tile loop with the NumPy dequantize, announced
@@ -33,12 +39,18 @@ from collections.abc import Callable
 
 import numpy as np
 
+from npasr.io.gguf import GGMLType
 from npasr.nn import float_gemm, int8_gemm, kernels, ref
 from npasr.nn import quant_kernels as qk
 from npasr.nn.quant import Packed, QTensor
 from npasr.types import F32
 
 GEMV_MAX_ROWS = 8  # decoder batch (beams); above this the tile + BLAS path wins
+# 4-bit weights this large run the int8 GEMM for few rows too (module docstring). Zen 4, 2
+# threads, 1 row, ms float GEMV / int8: Q4_0 1536x384 0.08 / 0.12, 2048x512 0.12 / 0.13,
+# 4096x1024 0.17 / 0.12, 51865x512 0.98 / 0.32.
+INT8_GEMV_MIN_WEIGHTS = 1 << 21
+INT8_GEMV_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K})
 TILE_BYTES = 4 << 20  # f32 weight tile for the GEMM path: 4 MiB fits the 32 MiB L3 with room
 # Below this many elements softmax/gelu/layer_norm use the NumPy reference. On one thread the
 # kernels win from one 512-wide row up (layer_norm (1, 512): 1.3 us vs 11 us), but a parallel
@@ -164,8 +176,12 @@ def linear(x: F32, w: F32 | QTensor | float_gemm.Panels, b: F32 | None = None) -
 
 def _linear_q(x: F32, w: QTensor) -> F32:
     """x (M, K) @ w.T for a QTensor, by the dispatch in the module docstring."""
-    # int8 GEMM first for many rows: it keeps its own layout (None: no VNNI or no layout)
-    y = int8_gemm.gemm(x, w) if x.shape[0] > GEMV_MAX_ROWS else None
+    # int8 GEMM first for many rows or a large 4-bit weight: it keeps its own layout (None: no
+    # VNNI or no layout)
+    int8 = x.shape[0] > GEMV_MAX_ROWS or (
+        w.qtype in INT8_GEMV_TYPES and math.prod(w.shape) >= INT8_GEMV_MIN_WEIGHTS
+    )
+    y = int8_gemm.gemm(x, w) if int8 else None
     if y is not None:
         return y
     p = w.repack()

@@ -134,6 +134,34 @@ def test_disabled_by_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert int8_gemm.gemm(_x(9, 64), _weight(GGMLType.Q8_0, 40, 64)) is None
 
 
+@needs_vnni
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_few_rows_dispatch(qtype: GGMLType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoder-sized calls (M <= GEMV_MAX_ROWS): a 4-bit weight of at least
+    INT8_GEMV_MIN_WEIGHTS runs this kernel (equal to gemm(), bit for bit); a smaller one, every
+    other type, and any type with NPASR_INT8_GEMM=0 run the exact float GEMV."""
+    k = 256 if qtype in (GGMLType.Q4_K, GGMLType.Q5_K) else 96
+    w = _weight(qtype, 1000, k)
+    x = _x(ops.GEMV_MAX_ROWS, k)
+    p = w.repack()
+    assert p is not None
+    gemv = ops._gemv(x, p, 1000)
+    monkeypatch.setattr(ops, "INT8_GEMV_MIN_WEIGHTS", 1000 * k)
+    four_bit = qtype in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
+    assert (qtype in ops.INT8_GEMV_TYPES) == four_bit
+    for m in (1, ops.GEMV_MAX_ROWS):
+        got = ops.linear(x[:m], w)
+        want = int8_gemm.gemm(x[:m], w) if four_bit else gemv[:m]
+        np.testing.assert_array_equal(got, want)
+    if four_bit:
+        assert not np.array_equal(ops.linear(x, w), gemv)  # the activations were rounded
+        monkeypatch.setenv("NPASR_INT8_GEMM", "0")
+        np.testing.assert_array_equal(ops.linear(x, w), gemv)
+        monkeypatch.delenv("NPASR_INT8_GEMM")
+    monkeypatch.setattr(ops, "INT8_GEMV_MIN_WEIGHTS", 1000 * k + 1)
+    np.testing.assert_array_equal(ops.linear(x, w), gemv)
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_ref_is_dequantized_product(qtype: GGMLType) -> None:
     """gemm_ref = w_dq @ x_hat (f32 rounding), with |x_hat - x| <= sx / 2 (+ 4 u |x|)."""
