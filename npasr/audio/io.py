@@ -3,7 +3,8 @@
 libsndfile (through soundfile) reads WAV/FLAC/OGG/MP3/AIFF/... in-process; an ``ffmpeg``
 subprocess is the fallback for what libsndfile cannot read (m4a, mp4, webm, aac, video).
 Everything is computed in float32: soundfile converts PCM up to 24 bits exactly, and
-``scipy.signal.resample_poly`` keeps float32 in and out (2.5x faster than float64 on 5 min).
+``npasr.audio.resample`` (SciPy's resample_poly filter, without importing scipy.signal) keeps
+float32 in and out.
 
 Shapes: N samples, C channels. Every loader returns ``(N,)`` float32.
 """
@@ -11,7 +12,6 @@ Shapes: N samples, C channels. Every loader returns ``(N,)`` float32.
 from __future__ import annotations
 
 import io
-import math
 import os
 import shutil
 import subprocess
@@ -23,6 +23,7 @@ from typing import IO
 import numpy as np
 import soundfile as sf
 
+from npasr.audio.resample import resample_poly
 from npasr.types import F32, AudioError
 
 SAMPLE_RATE = 16000  # Hz; every model in npasr runs at 16 kHz
@@ -52,7 +53,7 @@ def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> F32:
         integers scaled by their dtype range (int16 / 32768, uint8 → (x - 128) / 128).
     sr
         Target sample rate. Files at another rate are resampled with a polyphase filter
-        (``resample_poly`` with the reduced fraction ``sr / file_rate``).
+        (`npasr.audio.resample.resample_poly`: SciPy's polyphase filter for ``sr / file_rate``).
 
     Returns
     -------
@@ -132,11 +133,8 @@ def _finish(x: np.ndarray, file_sr: int, sr: int, name: str) -> F32:
 def _resample(x: F32, orig_sr: int, sr: int) -> F32:
     if orig_sr == sr or x.size == 0:
         return np.ascontiguousarray(x, dtype=np.float32)
-    g = math.gcd(orig_sr, sr)
     # 44100 → 16000 is up 160 / down 441; output length is ceil(N * up / down)
-    from scipy.signal import resample_poly  # noqa: PLC0415 (50 MB of RSS: only when resampling)
-
-    return resample_poly(x, sr // g, orig_sr // g).astype(np.float32, copy=False)
+    return resample_poly(x, orig_sr, sr)
 
 
 def _array_to_mono(x: np.ndarray) -> F32:

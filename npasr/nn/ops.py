@@ -424,4 +424,7 @@ def warmup() -> float:
     if float_gemm.available():  # f16 / f32 encoder matrices
         for w in (w16, w16.astype(np.float32)):
             linear(x, float_gemm.pack(w))
+    from npasr.audio.resample import resample_poly  # noqa: PLC0415
+
+    resample_poly(x[0], 44100, 16000)  # audio files at other rates
     return time.perf_counter() - t0

@@ -395,3 +395,6 @@ def test_warmup_compiles_every_kernel() -> None:
         assert len(float_gemm.gemm_kernel.signatures) == 2  # f16 and f32 panels
     if int8_gemm.available():
         assert int8_gemm.gemm_kernel.signatures
+    from npasr.audio.resample import resample_kernel
+
+    assert resample_kernel.signatures
