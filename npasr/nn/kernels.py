@@ -230,40 +230,66 @@ def attention_kernel(
     for none. Serial: meant for a few query rows per group (decoding). The scale multiplies the
     scores (the reference scales q first): float32 rounding, like the reassociated sums.
     """
-    n_g, n_q, dh = q.shape
+    sc = np.empty(n_k, np.float32)
+    for gi in range(q.shape[0]):
+        _attend_group(out, q, kt, vt, mask, n_k, gi, sc)
+
+
+@nb.njit(parallel=True, **_REDUCE)
+def attention_parallel_kernel(
+    out: np.ndarray, q: np.ndarray, kt: np.ndarray, vt: np.ndarray, mask: np.ndarray, n_k: int
+) -> None:
+    """`attention_kernel` with the groups (heads) spread over the threads: for decoder queries
+    over many keys (Whisper's cross-attention, 1500 per head), where one thread streaming every
+    head's keys and values is the bottleneck (ops.ATTENTION_PARALLEL_MIN)."""
+    for gi in nb.prange(q.shape[0]):
+        _attend_group(out, q, kt, vt, mask, n_k, gi, np.empty(n_k, np.float32))
+
+
+@nb.njit(**_REDUCE)
+def _attend_group(
+    out: np.ndarray,
+    q: np.ndarray,
+    kt: np.ndarray,
+    vt: np.ndarray,
+    mask: np.ndarray,
+    n_k: int,
+    gi: int,
+    sc: np.ndarray,
+) -> None:
+    """Every query row of group gi (`attention_kernel`); sc (n_k,) scratch."""
+    n_q, dh = q.shape[1], q.shape[2]
     scale = _f(1.0) / np.sqrt(_f(dh))
     has_mask = mask.shape[0] > 0
-    sc = np.empty(n_k, np.float32)
-    for gi in range(n_g):
-        for i in range(n_q):
+    for i in range(n_q):
+        for t in range(n_k):
+            sc[t] = 0.0
+        j = 0
+        while j + 4 <= dh:
+            a0, a1, a2, a3 = q[gi, i, j], q[gi, i, j + 1], q[gi, i, j + 2], q[gi, i, j + 3]
             for t in range(n_k):
-                sc[t] = 0.0
-            j = 0
-            while j + 4 <= dh:
-                a0, a1, a2, a3 = q[gi, i, j], q[gi, i, j + 1], q[gi, i, j + 2], q[gi, i, j + 3]
-                for t in range(n_k):
-                    sc[t] += (a0 * kt[gi, j, t] + a1 * kt[gi, j + 1, t]) + (
-                        a2 * kt[gi, j + 2, t] + a3 * kt[gi, j + 3, t]
-                    )
-                j += 4
-            for jj in range(j, dh):
-                a0 = q[gi, i, jj]
-                for t in range(n_k):
-                    sc[t] += a0 * kt[gi, jj, t]
+                sc[t] += (a0 * kt[gi, j, t] + a1 * kt[gi, j + 1, t]) + (
+                    a2 * kt[gi, j + 2, t] + a3 * kt[gi, j + 3, t]
+                )
+            j += 4
+        for jj in range(j, dh):
+            a0 = q[gi, i, jj]
             for t in range(n_k):
-                sc[t] *= scale
-            if has_mask:
-                for t in range(n_k):
-                    sc[t] += mask[i, t]
-            m = _row_max(sc)
+                sc[t] += a0 * kt[gi, jj, t]
+        for t in range(n_k):
+            sc[t] *= scale
+        if has_mask:
             for t in range(n_k):
-                sc[t] = _exp(sc[t] - m)
-            inv = _f(1.0) / _row_sum(sc)
-            for jj in range(dh):
-                acc = _f(0.0)
-                for t in range(n_k):
-                    acc += sc[t] * vt[gi, jj, t]
-                out[gi, i, jj] = acc * inv
+                sc[t] += mask[i, t]
+        m = _row_max(sc)
+        for t in range(n_k):
+            sc[t] = _exp(sc[t] - m)
+        inv = _f(1.0) / _row_sum(sc)
+        for jj in range(dh):
+            acc = _f(0.0)
+            for t in range(n_k):
+                acc += sc[t] * vt[gi, jj, t]
+            out[gi, i, jj] = acc * inv
 
 
 @nb.njit(parallel=True, **_JIT)

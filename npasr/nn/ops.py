@@ -50,6 +50,15 @@ GEMV_MAX_ROWS = 8  # decoder batch (beams); above this the tile + BLAS path wins
 # threads, 1 row, ms float GEMV / int8: Q4_0 1536x384 0.08 / 0.12, 2048x512 0.12 / 0.13,
 # 4096x1024 0.17 / 0.12, 51865x512 0.98 / 0.32.
 INT8_GEMV_MIN_WEIGHTS = 1 << 21
+# A GEMV over at most this many weights (twice for two or more rows) runs on the calling thread:
+# waking the sleeping workers (OMP_WAIT_POLICY=PASSIVE, see npasr/__init__.py) costs ~50 us on
+# this VM, more than the whole product of a 512 x 512 matrix (Zen 4, Q8_0, 1 row: 20 us on one
+# thread, 65 us on two).
+GEMV_SERIAL_MAX_WEIGHTS = 1 << 20
+# Decoder attention over at least this many key values (groups x keys x head width) spreads the
+# heads over the threads: Whisper's cross-attention (6-8 heads x 1500 x 64) yes, its
+# self-attention over a few hundred cached tokens no.
+ATTENTION_PARALLEL_MIN = 1 << 18
 INT8_GEMV_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K})
 TILE_BYTES = 4 << 20  # f32 weight tile for the GEMM path: 4 MiB fits the 32 MiB L3 with room
 # Below this many elements softmax/gelu/layer_norm use the NumPy reference. On one thread the
@@ -76,17 +85,19 @@ def _flat(a: np.ndarray | None) -> np.ndarray:
     return _EMPTY if a is None else np.ascontiguousarray(a).reshape(-1)
 
 
-def _gemv(x: F32, p: Packed, n_out: int) -> F32:
-    """x (M, K) -> (M, N) with the fused kernel for the layout."""
+def _gemv(x: F32, p: Packed, n_out: int, serial: bool | None = None) -> F32:
+    """x (M, K) -> (M, N) with the fused kernel for the layout; on this thread alone if `serial`
+    (None: by GEMV_SERIAL_MAX_WEIGHTS)."""
     m, k = x.shape
     out = np.empty((m, n_out), np.float32)
     xf = x.reshape(-1)
     xsum = np.empty(m * (k // qk.QB), np.float32)
     if p.offset is not None:
         qk.block_sums_kernel(xsum, xf, m, k)
-    qk.gemv_kernel(
-        out, xf, xsum, _flat(p.qs), _flat(p.scale), _flat(p.offset), m, k, qk.KIND_CODE[p.kind]
-    )
+    if serial is None:
+        serial = n_out * k * min(m, 2) <= GEMV_SERIAL_MAX_WEIGHTS
+    kernel = qk.gemv_serial_kernel if serial else qk.gemv_kernel
+    kernel(out, xf, xsum, _flat(p.qs), _flat(p.scale), _flat(p.offset), m, k, qk.KIND_CODE[p.kind])
     return out
 
 
@@ -322,7 +333,8 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | Non
         qg = qg.reshape(-1, math.prod(lead[:shared]) * n_q, dh)
         out = np.empty(qg.shape, np.float32)
         t_all = k.shape[-2]
-        kernels.attention_kernel(
+        parallel = qg.shape[0] > 1 and qg.shape[0] * n_k * dh >= ATTENTION_PARALLEL_MIN
+        (kernels.attention_parallel_kernel if parallel else kernels.attention_kernel)(
             out,
             np.ascontiguousarray(qg),
             np.ascontiguousarray(np.swapaxes(k, -1, -2).reshape(-1, dh, t_all)),  # no-op if T-major
@@ -400,10 +412,16 @@ def warmup() -> float:
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
+    x1 = rng.standard_normal((1, 256)).astype(np.float32)
+    half = rng.standard_normal((16, 256)).astype(np.float16)
+    packs = [Packed("f16", half.reshape(-1).view(np.uint16), _EMPTY, None)]
     for qtype in (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K):
         w = quantize(rng.standard_normal((16, 256)).astype(np.float32), qtype)
-        linear(rng.standard_normal((1, 256)).astype(np.float32), w)  # fused GEMV
         linear(rng.standard_normal((GEMV_MAX_ROWS + 1, 256)).astype(np.float32), w)  # tiles
+        packs.append(w.repack())
+    for p in packs:  # fused GEMV, both kernels, every layout kind
+        for serial in (True, False):
+            _gemv(x1, p, 16, serial)
     x = rng.standard_normal((4, 64)).astype(np.float32)
     out = np.empty_like(x)
     kernels.softmax_kernel(out, x)
@@ -418,6 +436,10 @@ def warmup() -> float:
     linear(x, w16)
     linear(rng.standard_normal((GEMV_MAX_ROWS + 1, 64)).astype(np.float32), w16)
     kernels.softmax_inplace_kernel(x.copy())
+    q3 = x.reshape(2, 2, 64)
+    kernels.attention_parallel_kernel(
+        np.empty_like(q3), q3, q3.transpose(0, 2, 1).copy(), q3.transpose(0, 2, 1).copy(),
+        _EMPTY.reshape(0, 0), 2)  # fmt: skip
     kernels.silu_kernel(out, x)
     kernels.glu_kernel(out[:, :32], x)
     kernels.depthwise_conv_tc_kernel(out, x, x[:3].copy(), x[0].copy(), 1)  # Conformer conv

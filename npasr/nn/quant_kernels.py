@@ -234,31 +234,75 @@ def gemv_kernel(
     sums of x (read only with an offset). Any M; each pass over the weight serves MAX_ROWS
     activation rows."""
     n_out = out.shape[1]
-    nbk = k // QB
-    has_offset = offset.shape[0] > 0
-    xb = np.empty(n_rows * k, np.float32)  # groups of MAX_ROWS rows, each (NB, rows, 32)
-    for m0 in range(0, n_rows, MAX_ROWS):
-        _interleave_blocks(xb[m0 * k :], x, m0, min(MAX_ROWS, n_rows - m0), k)
+    xb = _interleaved(x, n_rows, k)
     # At most MAX_ITEMS work items of >= ROW_CHUNK rows: each allocates its scratch once, and
     # thousands of small items (a 51864-row vocabulary) serialized the threads on the allocator.
     n_items = min((n_out + ROW_CHUNK - 1) // ROW_CHUNK, MAX_ITEMS)
     per_item = (n_out + n_items - 1) // n_items
     for c in nb.prange(n_items):
-        res = np.empty(MAX_ROWS, np.float32)
-        for i in range(c * per_item, min(n_out, (c + 1) * per_item)):
-            for m0 in range(0, n_rows, MAX_ROWS):
-                mm = min(MAX_ROWS, n_rows - m0)
-                if kind == KIND_U4:
-                    _row_dot_u4(res, xb[m0 * k :], qs, scale, i, mm, k)
-                elif kind == KIND_F16:
-                    _row_dot_f16(res, xb[m0 * k :], qs, scale, i, mm, k)
-                else:
-                    _row_dot_i8(res, xb[m0 * k :], qs, scale, i, mm, k)
-                for m in range(mm):
-                    t = res[m]
-                    if has_offset:
-                        t -= _offset_dot(offset, xsum, i, m0 + m, nbk)
-                    out[m0 + m, i] = t
+        lo = c * per_item
+        _gemv_rows(out, xb, xsum, qs, scale, offset, n_rows, k, kind, lo, min(n_out, lo + per_item))
+
+
+@nb.njit(**_FAST)
+def gemv_serial_kernel(
+    out: np.ndarray,
+    x: np.ndarray,
+    xsum: np.ndarray,
+    qs: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    n_rows: int,
+    k: int,
+    kind: int,
+) -> None:
+    """`gemv_kernel` on the calling thread only: for small weights, where waking the worker
+    threads costs more than the product (ops.GEMV_SERIAL_MAX_WEIGHTS)."""
+    xb = _interleaved(x, n_rows, k)
+    _gemv_rows(out, xb, xsum, qs, scale, offset, n_rows, k, kind, 0, out.shape[1])
+
+
+@nb.njit(**_JIT)
+def _interleaved(x: np.ndarray, n_rows: int, k: int) -> np.ndarray:
+    """x (M*K,) flat as groups of MAX_ROWS rows, each (NB, rows, 32), flat."""
+    xb = np.empty(n_rows * k, np.float32)
+    for m0 in range(0, n_rows, MAX_ROWS):
+        _interleave_blocks(xb[m0 * k :], x, m0, min(MAX_ROWS, n_rows - m0), k)
+    return xb
+
+
+@nb.njit(**_FAST)
+def _gemv_rows(
+    out: np.ndarray,
+    xb: np.ndarray,
+    xsum: np.ndarray,
+    qs: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    n_rows: int,
+    k: int,
+    kind: int,
+    lo: int,
+    hi: int,
+) -> None:
+    """Output columns lo .. hi - 1 of `gemv_kernel`, from the interleaved activations xb."""
+    nbk = k // QB
+    has_offset = offset.shape[0] > 0
+    res = np.empty(MAX_ROWS, np.float32)
+    for i in range(lo, hi):
+        for m0 in range(0, n_rows, MAX_ROWS):
+            mm = min(MAX_ROWS, n_rows - m0)
+            if kind == KIND_U4:
+                _row_dot_u4(res, xb[m0 * k :], qs, scale, i, mm, k)
+            elif kind == KIND_F16:
+                _row_dot_f16(res, xb[m0 * k :], qs, scale, i, mm, k)
+            else:
+                _row_dot_i8(res, xb[m0 * k :], qs, scale, i, mm, k)
+            for m in range(mm):
+                t = res[m]
+                if has_offset:
+                    t -= _offset_dot(offset, xsum, i, m0 + m, nbk)
+                out[m0 + m, i] = t
 
 
 @nb.njit(parallel=True, **_JIT)

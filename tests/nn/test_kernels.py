@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from npasr.nn import kernels, ops, ref
+from npasr.nn import quant_kernels as qk
 
 from . import assert_runs_without_jit
 
@@ -204,15 +205,24 @@ def test_attention(case: tuple, layout: str, monkeypatch: pytest.MonkeyPatch) ->
     if mask_kind == "causal":
         n_q, n_k = q_shape[-2], k_shape[-2]
         mask = np.triu(np.full((n_q, n_k), -np.inf, np.float32), k=n_k - n_q + 1)
-    calls = []
-    real = kernels.attention_kernel
-    monkeypatch.setattr(kernels, "attention_kernel", lambda *a: calls.append(1) or real(*a))
+    calls: list[str] = []
+    for name in ("attention_kernel", "attention_parallel_kernel"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
     got = ops.attention(q, k, v, mask)
     want = ref.attention(q, k, v, mask)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
     rows = q_shape[-2] * int(np.prod(q_shape[: len(q_shape) - len(k_shape)]))
-    assert bool(calls) == (rows <= ops.GEMV_MAX_ROWS)
+    groups = int(np.prod(k_shape[:-2]))
+    many = groups > 1 and groups * k_shape[-2] * k_shape[-1] >= ops.ATTENTION_PARALLEL_MIN
+    fused = "attention_parallel_kernel" if many else "attention_kernel"
+    assert calls == ([fused] if rows <= ops.GEMV_MAX_ROWS else [])
+    if calls:  # the other fused kernel (LLVM may vectorize the shared body differently in each,
+        # so the same tolerance, not the same bits)
+        monkeypatch.setattr(ops, "ATTENTION_PARALLEL_MIN", 1 << 40 if many else 0)
+        np.testing.assert_allclose(ops.attention(q, k, v, mask), want, rtol=0, atol=2e-6)
+        assert calls[-1] != fused or groups == 1
 
 
 @pytest.mark.parametrize("n_q", [1, 3, 12])
@@ -388,9 +398,12 @@ def test_warmup_compiles_every_kernel() -> None:
     ops.warmup()
     names = ("softmax_kernel", "softmax_inplace_kernel", "gelu_kernel", "layer_norm_kernel",
              "silu_kernel", "glu_kernel", "depthwise_conv_tc_kernel", "attention_kernel",
-             "gelu_serial_kernel", "layer_norm_serial_kernel")  # fmt: skip
+             "gelu_serial_kernel", "layer_norm_serial_kernel",
+             "attention_parallel_kernel")  # fmt: skip
     for name in names:
         assert getattr(kernels, name).signatures, name
+    for gemv in (qk.gemv_kernel, qk.gemv_serial_kernel):  # int8, nibble and float16 layouts
+        assert len(gemv.signatures) >= 3, gemv
     if float_gemm.available():
         assert len(float_gemm.gemm_kernel.signatures) == 2  # f16 and f32 panels
     if int8_gemm.available():

@@ -21,6 +21,7 @@ import pytest
 
 from npasr.io.gguf import GGMLType
 from npasr.nn import int8_gemm, ops, quant, ref
+from npasr.nn import quant_kernels as qk
 from npasr.nn.quant import QTensor
 
 from . import assert_runs_without_jit
@@ -65,6 +66,15 @@ def _check(x: np.ndarray, w: QTensor, b: np.ndarray | None) -> None:
     assert excess.max() <= 0, f"max error above the bound by {excess.max():.3g}"
 
 
+def _spy(monkeypatch: pytest.MonkeyPatch, module: object, *names: str) -> list[str]:
+    """Wrap module.<name> for each name so that calls append the name to the returned list."""
+    calls: list[str] = []
+    for name in names:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    return calls
+
+
 def _weight(qtype: GGMLType, n: int, k: int, seed: int = 0) -> QTensor:
     w = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32)
     w[3] = 0.0  # an all-zero output row
@@ -72,13 +82,40 @@ def _weight(qtype: GGMLType, n: int, k: int, seed: int = 0) -> QTensor:
 
 
 @pytest.mark.parametrize("qtype", FUSED, ids=lambda t: t.name)
-def test_gemv_rows_1_to_8(qtype: GGMLType, n_threads: int) -> None:
-    """Decoding path: every batch size 1..8; N = 75 is not a multiple of the row chunk."""
+@pytest.mark.parametrize("kernel", ["serial", "parallel"])
+def test_gemv_rows_1_to_8(
+    qtype: GGMLType, kernel: str, n_threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding path: every batch size 1..8; N = 75 is not a multiple of the row chunk. Both
+    kernels (ops.GEMV_SERIAL_MAX_WEIGHTS picks one by size) give the same bits."""
+    monkeypatch.setattr(ops, "INT8_GEMV_MIN_WEIGHTS", 1 << 40)  # the float GEMV for every type
     w = _weight(qtype, 75, 512)
     rng = np.random.default_rng(1)
     b = rng.standard_normal(75).astype(np.float32)
     for m in range(1, ops.GEMV_MAX_ROWS + 1):
-        _check(rng.standard_normal((m, 512)).astype(np.float32), w, b if m % 2 else None)
+        x = rng.standard_normal((m, 512)).astype(np.float32)
+        monkeypatch.setattr(ops, "GEMV_SERIAL_MAX_WEIGHTS", 1 << 40 if kernel == "serial" else 0)
+        _check(x, w, b if m % 2 else None)
+        y = ops.linear(x, w)
+        calls = _spy(monkeypatch, qk, "gemv_kernel", "gemv_serial_kernel")
+        monkeypatch.setattr(ops, "GEMV_SERIAL_MAX_WEIGHTS", 0 if kernel == "serial" else 1 << 40)
+        np.testing.assert_array_equal(ops.linear(x, w), y)  # the other kernel
+        assert calls == ["gemv_kernel" if kernel == "serial" else "gemv_serial_kernel"]
+        monkeypatch.undo()
+        monkeypatch.setattr(ops, "INT8_GEMV_MIN_WEIGHTS", 1 << 40)
+
+
+def test_gemv_serial_below_the_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ops.GEMV_SERIAL_MAX_WEIGHTS counts weights for one row and twice them for more rows."""
+    w = _weight(GGMLType.Q8_0, 64, 256)
+    calls = _spy(monkeypatch, qk, "gemv_kernel", "gemv_serial_kernel")
+    monkeypatch.setattr(ops, "GEMV_SERIAL_MAX_WEIGHTS", 64 * 256)
+    x = np.ones((2, 256), np.float32)
+    ops.linear(x[:1], w)
+    ops.linear(x, w)
+    monkeypatch.setattr(ops, "GEMV_SERIAL_MAX_WEIGHTS", 2 * 64 * 256)
+    ops.linear(x, w)
+    assert calls == ["gemv_serial_kernel", "gemv_kernel", "gemv_serial_kernel"]
 
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q4_K], ids=lambda t: t.name)
