@@ -68,8 +68,11 @@ def kl_clips() -> list[np.ndarray]:
     return clips
 
 
-def kl_table(model: str, wtypes: list[str], rules: list[str], files: list[str]) -> None:
-    """Teacher-forced divergence from f16 (module docstring), one row per rule and type."""
+def kl_table(
+    model: str, wtypes: list[str], rules: list[str], files: list[str], layers: str = ""
+) -> None:
+    """Teacher-forced divergence from f16 (module docstring), one row per rule and type; with
+    `layers` ("0,3") only those encoder layers' MLPs are quantized (per-layer sensitivity)."""
     import copy
 
     from npasr import hub
@@ -122,18 +125,22 @@ def kl_table(model: str, wtypes: list[str], rules: list[str], files: list[str]) 
             enc = m.model.encoder = copy.copy(m16.model.encoder)
             enc.blocks = [copy.copy(b) for b in enc.blocks]
             for i, blk in enumerate(enc.blocks):
+                if layers and str(i) not in layers.split(","):
+                    continue
                 blk.mlp = copy.copy(blk.mlp)
                 for j, attr in ((0, "fc1"), (2, "fc2")):
                     n = f"encoder.blocks.{i}.mlp.{j}.weight"
                     q = _quantized(src.tensors[n], wtype, _rule_importance(rule, raw[n], calib[n]))
                     setattr(blk.mlp, attr, Linear(q, getattr(blk.mlp, attr).bias))
             kl, flip, _ = score(m)
-            print(f"| {model} | encoder MLPs {wtype} | {rule} | {kl:.5f} | {100 * flip:.2f}% |",
-                  flush=True)
+            which = f"encoder MLPs {wtype}" + (f" (layers {layers})" if layers else "")
+            print(f"| {model} | {which} | {rule} | {kl:.5f} | {100 * flip:.2f}% |", flush=True)
     for f in files:
         kl, flip, _ = score(WhisperModel.from_gguf(f))
-        print(f"| {model} | file {Path(f).name} | as stored | {kl:.5f} | {100 * flip:.2f}% |",
-              flush=True)
+        print(
+            f"| {model} | file {Path(f).name} | as stored | {kl:.5f} | {100 * flip:.2f}% |",
+            flush=True,
+        )
 
 
 def _statistics(src) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -176,12 +183,13 @@ def main() -> None:
     ap.add_argument("--rules", default="plain,diag,gptq,gptq-raw")
     ap.add_argument("--kl", action="store_true", help="decoder divergence from f16 instead")
     ap.add_argument("--files", default="", help="with --kl: GGUF files to score too")
+    ap.add_argument("--layers", default="", help="with --kl: quantize only these encoder layers")
     args = ap.parse_args()
     if args.kl:
         for model in args.models.split(","):
             files = [f for f in args.files.split(",") if f and model in Path(f).name]
             rules = [r for r in args.rules.split(",") if r]  # --rules "": the files alone
-            kl_table(model, args.types.split(","), rules, files)
+            kl_table(model, args.types.split(","), rules, files, args.layers)
         return
 
     from npasr import hub
@@ -208,11 +216,15 @@ def main() -> None:
                     q = _quantized(w, wtype, _rule_importance(rule, raw[n], calib[n]))
                     d = q.dequantize().astype(np.float64) - w
                     h, w64 = test[n], w.astype(np.float64)
-                    errs.append(np.einsum("ij,jk,ik->", d, h, d) / np.einsum(
-                        "ij,jk,ik->", w64, h, w64))
+                    errs.append(
+                        np.einsum("ij,jk,ik->", d, h, d) / np.einsum("ij,jk,ik->", w64, h, w64)
+                    )
                 per = " ".join(f"{100 * e:.2f}" for e in errs)
-                print(f"| {model} | {wtype} | {rule} | {100 * np.mean(errs):.3f}% | {per} |"
-                      f"  <!-- {time.perf_counter() - t0:.1f} s -->", flush=True)
+                print(
+                    f"| {model} | {wtype} | {rule} | {100 * np.mean(errs):.3f}% | {per} |"
+                    f"  <!-- {time.perf_counter() - t0:.1f} s -->",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
