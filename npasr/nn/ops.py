@@ -8,7 +8,8 @@ forward runs f32, f16 or any GGML type.
 
 Dispatch for a QTensor (M = number of activation rows):
 * M <= GEMV_MAX_ROWS (decoding): `quant_kernels.gemv_kernel`, reading the quantized weight once;
-  activations stay float32 (the result is the reference up to summation order).
+  activations stay float32 (the result is the reference up to summation order). Weights of at
+  most GEMV_SERIAL_MAX_WEIGHTS take its single-thread twin `gemv_serial_kernel` (same bits).
 * larger M (encoders), on CPUs with AVX-512 VNNI: `int8_gemm.gemm`, the activations quantized
   per 32-block to int8 (as ggml does) and multiplied in int8 -> int32; the only difference from
   the reference is that activation rounding (~5e-3 relative RMS). NPASR_INT8_GEMM=0 turns it off.

@@ -24,7 +24,8 @@ How the GEMV is written, and why (measured on Zen 4 with Numba 0.68 / LLVM 15):
   reference is float32 summation order (32 lanes summed per row, then a pairwise tree).
 * The offset term is folded out of the inner loop: sum_j (s v - o) x = s sum_j v x - o sum_j x,
   with the per-block activation sums `xsum` (M, NB) computed once per call.
-* `prange` runs over chunks of rows so each thread allocates its scratch once.
+* `prange` runs over chunks of rows so each thread allocates its scratch once;
+  `gemv_serial_kernel` runs the same rows on the calling thread (small weights, ops.py).
 * With NUMBA_DISABLE_JIT=1 the intrinsics are replaced by NumPy versions of the same contract.
 """
 
