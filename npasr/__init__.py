@@ -29,13 +29,6 @@ if "numpy" in sys.modules and "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
     )
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# ... but not at once: a sleeping worker took ~50 us to wake (futex, in this project's VM), more
-# than a decoder GEMV of 512 x 512 (20 us on one thread). libgomp's GOMP_SPINCOUNT, which takes
-# precedence over the wait policy, lets a finished worker spin ~3000 pause loops (tens of us)
-# first: that bridges the Python between two decoder ops (the same GEMV on two threads, back to
-# back: 50 -> 13 us; Whisper base decoder step ~8.5 -> ~7 ms) yet is short enough not to slow
-# the encoder's alternation with BLAS (spins of 30000+ did: base encoder up to 2x slower).
-os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
 from pathlib import Path  # noqa: E402
 from typing import Any

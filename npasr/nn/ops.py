@@ -52,10 +52,10 @@ GEMV_MAX_ROWS = 8  # decoder batch (beams); above this the tile + BLAS path wins
 # 4096x1024 0.17 / 0.12, 51865x512 0.98 / 0.32.
 INT8_GEMV_MIN_WEIGHTS = 1 << 21
 # A GEMV over at most this many weights (twice for two or more rows) runs on the calling thread:
-# below this, handing work to the other thread costs more than it saves (Zen 4, 512 x 512, one
-# row: 20 us on one thread, 13 us on two while the workers spin (npasr/__init__.py:
-# GOMP_SPINCOUNT), 50-65 us on two once they sleep).
-GEMV_SERIAL_MAX_WEIGHTS = 1 << 17
+# waking the sleeping workers (OMP_WAIT_POLICY=PASSIVE, see npasr/__init__.py) costs ~50 us on
+# this VM, more than the whole product of a 512 x 512 matrix (Zen 4, Q8_0, 1 row: 20 us on one
+# thread, 65 us on two).
+GEMV_SERIAL_MAX_WEIGHTS = 1 << 20
 # Decoder attention over at least this many key values (groups x keys x head width) spreads the
 # heads over the threads: Whisper's cross-attention (6-8 heads x 1500 x 64) yes, its
 # self-attention over a few hundred cached tokens no.
