@@ -127,7 +127,10 @@ def _load_bytes(data: bytes, sr: int, name: str) -> F32:
 def _finish(x: np.ndarray, file_sr: int, sr: int, name: str) -> F32:
     """(N, C) float32 at file_sr → (N',) float32 at sr."""
     x = _check_finite(x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0], name)
-    return _resample(x, file_sr, sr)
+    try:
+        return _resample(x, file_sr, sr)
+    except AudioError as e:  # an absurd rate in the header
+        raise AudioError(f"{name}: {e}") from None
 
 
 def _resample(x: F32, orig_sr: int, sr: int) -> F32:

@@ -28,9 +28,10 @@ import math
 import numba as nb
 import numpy as np
 
-from npasr.types import F32
+from npasr.types import F32, AudioError
 
 KAISER_BETA = 5.0  # SciPy's default window ('kaiser', 5.0)
+MAX_RATIO_TERM = 1_000_000  # largest up or down accepted: a 20M-tap filter, 160 MB in float64
 _CHUNK = 8192  # output samples per parallel work item / per NumPy reference batch
 
 
@@ -56,7 +57,15 @@ def _factors(orig_sr: int, sr: int) -> tuple[int, int]:
     if orig_sr <= 0 or sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {sr}")
     g = math.gcd(orig_sr, sr)
-    return sr // g, orig_sr // g
+    up, down = sr // g, orig_sr // g
+    if max(up, down) > MAX_RATIO_TERM:
+        # the filter has 20 max(up, down) + 1 taps: a header claiming 2147483647 Hz would ask
+        # for 43 billion
+        raise AudioError(
+            f"cannot resample {orig_sr} Hz -> {sr} Hz: the ratio {up}/{down} would need a "
+            f"{20 * max(up, down) + 1}-tap filter; convert the file to a common rate first"
+        )
+    return up, down
 
 
 def _n_out(n_in: int, up: int, down: int) -> int:

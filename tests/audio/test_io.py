@@ -98,6 +98,14 @@ def test_resample_length_and_pitch(tmp_path: Path, sr: int) -> None:
     np.testing.assert_allclose(np.sqrt(np.mean(mid**2)), 0.5 / np.sqrt(2), rtol=0.01)
 
 
+def test_absurd_header_rate_is_refused(tmp_path: Path) -> None:
+    """A header claiming 2 MHz (coprime with 16 kHz) would need a 40M-tap filter: a clear
+    error naming the file, not minutes of work or an allocation failure."""
+    path = write(tmp_path / "odd.wav", np.zeros(100, np.float32), 2000003, "FLOAT")
+    with pytest.raises(AudioError, match=r"odd\.wav: cannot resample 2000003 Hz"):
+        load_audio(path)
+
+
 def test_target_rate_argument(tmp_path: Path) -> None:
     y = load_audio(write(tmp_path / "a.wav", sine(16000), 16000, "FLOAT"), sr=8000)
     assert len(y) == 8000 and abs(peak_hz(y, 8000) - 440.0) <= 1.5

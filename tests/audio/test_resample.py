@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from npasr.audio.resample import polyphase_filter, resample_kernel, resample_poly, resample_ref
+from npasr.types import AudioError
 
 RATES = [44100, 48000, 8000, 22050, 11025, 37800, 24000, 16001]
 LENGTHS = [1, 2, 3, 441, 5000, 48_013]
@@ -63,6 +64,8 @@ def test_same_rate_empty_and_bad_rates() -> None:
         resample_poly(x, 0, 16000)
     with pytest.raises(ValueError, match="positive"):
         resample_poly(x, 44100, -1)
+    with pytest.raises(AudioError, match="2147483647 Hz -> 16000 Hz.*tap filter"):
+        resample_poly(x, 2**31 - 1, 16000)  # a hostile header: no 43-billion-tap allocation
 
 
 def test_no_scipy_signal_needed() -> None:
