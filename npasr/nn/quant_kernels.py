@@ -246,19 +246,9 @@ def gemv_kernel(
 
 
 @nb.njit(**_FAST)
-def gemv_serial_kernel(
-    out: np.ndarray,
-    x: np.ndarray,
-    xsum: np.ndarray,
-    qs: np.ndarray,
-    scale: np.ndarray,
-    offset: np.ndarray,
-    n_rows: int,
-    k: int,
-    kind: int,
-) -> None:
-    """`gemv_kernel` on the calling thread only: for small weights, where waking the worker
-    threads costs more than the product (ops.GEMV_SERIAL_MAX_WEIGHTS)."""
+def gemv_serial_kernel(out, x, xsum, qs, scale, offset, n_rows, k, kind):  # type: ignore[no-untyped-def]
+    """`gemv_kernel` (same arguments, same result bits) on the calling thread only: for small
+    weights, where waking the worker threads costs more than the product (ops.py)."""
     xb = _interleaved(x, n_rows, k)
     _gemv_rows(out, xb, xsum, qs, scale, offset, n_rows, k, kind, 0, out.shape[1])
 
@@ -273,20 +263,8 @@ def _interleaved(x: np.ndarray, n_rows: int, k: int) -> np.ndarray:
 
 
 @nb.njit(**_FAST)
-def _gemv_rows(
-    out: np.ndarray,
-    xb: np.ndarray,
-    xsum: np.ndarray,
-    qs: np.ndarray,
-    scale: np.ndarray,
-    offset: np.ndarray,
-    n_rows: int,
-    k: int,
-    kind: int,
-    lo: int,
-    hi: int,
-) -> None:
-    """Output columns lo .. hi - 1 of `gemv_kernel`, from the interleaved activations xb."""
+def _gemv_rows(out, xb, xsum, qs, scale, offset, n_rows, k, kind, lo, hi):  # type: ignore[no-untyped-def]
+    """Output columns lo .. hi - 1 of `gemv_kernel` (its arguments, with x interleaved as xb)."""
     nbk = k // QB
     has_offset = offset.shape[0] > 0
     res = np.empty(MAX_ROWS, np.float32)
