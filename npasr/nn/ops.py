@@ -226,6 +226,19 @@ def _rows(x: F32) -> F32:
     return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
 
 
+def transpose(x: F32) -> F32:
+    """x (..., R, C) -> contiguous (..., C, R), as `np.ascontiguousarray(np.swapaxes(x, -1, -2))`
+    (`kernels.transpose_kernel` on float32 input of at least KERNEL_MIN_SIZE elements)."""
+    if not (_use_kernel(x) and x.ndim >= 2):
+        return np.ascontiguousarray(np.swapaxes(x, -1, -2))
+    r, c = x.shape[-2:]
+    src = np.ascontiguousarray(x).reshape(-1, r, c)
+    out = np.empty((src.shape[0], c, r), np.float32)
+    for i in range(src.shape[0]):
+        kernels.transpose_kernel(out[i], src[i])
+    return out.reshape(*x.shape[:-2], c, r)
+
+
 def softmax(x: F32, axis: int = -1) -> F32:
     """Softmax over `axis`, as `ref.softmax`; the kernel handles the last axis."""
     if not _use_kernel(x) or axis not in (-1, x.ndim - 1):
@@ -444,6 +457,7 @@ def warmup() -> float:
     kernels.silu_kernel(out, x)
     kernels.glu_kernel(out[:, :32], x)
     kernels.depthwise_conv_tc_kernel(out, x, x[:3].copy(), x[0].copy(), 1)  # Conformer conv
+    kernels.transpose_kernel(np.empty((64, 4), np.float32), x)
     if float_gemm.available():  # f16 / f32 encoder matrices
         for w in (w16, w16.astype(np.float32)):
             linear(x, float_gemm.pack(w))

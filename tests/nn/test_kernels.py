@@ -369,6 +369,21 @@ def test_attention_scores_buffer_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
         np.testing.assert_allclose(got[i], outs[i], rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("shape", [(1500, 512), (33, 70), (7, 5000), (2, 3, 200, 96)])
+def test_transpose(shape: tuple[int, ...]) -> None:
+    """ops.transpose: the exact values of NumPy's transposed copy, contiguous, for tile-edge
+    remainders (33 x 70), thin and batched arrays, and the small-input NumPy path."""
+    x = _rand(shape, 1.0, 7)
+    got = ops.transpose(x)
+    assert got.flags.c_contiguous and got.shape == (*shape[:-2], shape[-1], shape[-2])
+    np.testing.assert_array_equal(got, np.swapaxes(x, -1, -2))
+    small = x[..., :3, :4]
+    np.testing.assert_array_equal(ops.transpose(small), np.swapaxes(small, -1, -2))
+    direct = np.empty((shape[-1], shape[-2]), np.float32)
+    kernels.transpose_kernel(direct, np.ascontiguousarray(x.reshape(-1, *shape[-2:])[0]))
+    np.testing.assert_array_equal(direct, x.reshape(-1, *shape[-2:])[0].T)
+
+
 @pytest.mark.parametrize("block_bytes", [1, 6 * 4 * 250 * 7, 1 << 40])
 def test_attention_in_query_blocks(block_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Encoder-sized scores are computed SCORES_BLOCK_BYTES at a time (1 row, 7 rows with a
@@ -399,7 +414,7 @@ def test_warmup_compiles_every_kernel() -> None:
     names = ("softmax_kernel", "softmax_inplace_kernel", "gelu_kernel", "layer_norm_kernel",
              "silu_kernel", "glu_kernel", "depthwise_conv_tc_kernel", "attention_kernel",
              "gelu_serial_kernel", "layer_norm_serial_kernel",
-             "attention_parallel_kernel")  # fmt: skip
+             "attention_parallel_kernel", "transpose_kernel")  # fmt: skip
     for name in names:
         assert getattr(kernels, name).signatures, name
     for gemv in (qk.gemv_kernel, qk.gemv_serial_kernel):  # int8, nibble and float16 layouts

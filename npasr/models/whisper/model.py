@@ -57,8 +57,12 @@ class MultiHeadAttention:
         )
 
     def kv(self, x: F32) -> tuple[F32, F32]:
-        """Keys and values of x (..., T, D) split into heads: (..., H, T, Dh) each."""
-        return _split_heads(self.key(x), self.n_head), _split_heads(self.value(x), self.n_head)
+        """Keys and values of x (..., T, D) split into heads, (..., H, T, Dh) each, as views of
+        contiguous (..., H, Dh, T) arrays (the layout the decoding attention kernel reads): the
+        (D, T) transpose of a (T, D) projection is exactly that layout."""
+        return _heads_transposed(self.key(x), self.n_head), _heads_transposed(
+            self.value(x), self.n_head
+        )
 
     def __call__(self, x: F32, k: F32, v: F32, mask: F32 | None = None) -> F32:
         q = _split_heads(self.query(x), self.n_head)  # (..., H, Tq, Dh)
@@ -218,9 +222,10 @@ class CrossKV:
     v: list[F32]
 
 
-def _transposed(a: F32) -> F32:
-    """(..., T, Dh) -> the same values as a view of a contiguous (..., Dh, T) array."""
-    return np.swapaxes(np.ascontiguousarray(np.swapaxes(a, -1, -2)), -1, -2)
+def _heads_transposed(y: F32, n_head: int) -> F32:
+    """(..., T, D) -> (..., H, T, Dh) view of a contiguous (..., H, Dh, T) array."""
+    *lead, t, d = y.shape
+    return np.swapaxes(ops.transpose(y).reshape(*lead, n_head, d // n_head, t), -1, -2)
 
 
 def _embedding_rows(emb: F32 | QTensor, ids: np.ndarray) -> F32:
@@ -280,7 +285,7 @@ class TextDecoder:
 
     def cross_kv(self, audio_features: F32) -> CrossKV:
         pairs = [blk.cross_attn.kv(audio_features) for blk in self.blocks]  # type: ignore[union-attr]
-        return CrossKV([_transposed(k) for k, _ in pairs], [_transposed(v) for _, v in pairs])
+        return CrossKV([k for k, _ in pairs], [v for _, v in pairs])
 
     def __call__(self, tokens: np.ndarray, cross: CrossKV, cache: KVCache) -> F32:
         """tokens (B, U) new tokens after `cache.length` cached ones -> hidden (B, U, D).
