@@ -98,7 +98,8 @@ def _gemv(x: F32, p: Packed, n_out: int, serial: bool | None = None) -> F32:
     if serial is None:
         serial = n_out * k * min(m, 2) <= GEMV_SERIAL_MAX_WEIGHTS
     kernel = qk.gemv_serial_kernel if serial else qk.gemv_kernel
-    kernel(out, xf, xsum, _flat(p.qs), _flat(p.scale), _flat(p.offset), m, k, qk.KIND_CODE[p.kind])
+    qs = _flat(p.qs).view(np.uint8)  # bytes for every kind: one compiled kernel signature
+    kernel(out, xf, xsum, qs, _flat(p.scale), _flat(p.offset), m, k, qk.KIND_CODE[p.kind])
     return out
 
 

@@ -101,20 +101,20 @@ def _hsum(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
 def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, kind: str) -> None:  # type: ignore[no-untyped-def]
     """IR for res[m] = sum_b scale[i, b] * sum_j v[i, 32 b + j] * xb[b, m, j], m < n_act.
 
-    kind "f16": qs holds float16 bit patterns (uint16) and there is no scale."""
+    qs_p points at bytes whatever the kind (one kernel signature for every layout): 16 nibble
+    pairs, 32 int8 or 64 float16 bytes per block. kind "f16": float16 values, no scale."""
     i64, f32 = ir.IntType(64), ir.FloatType()
     vf, vb, vi = (ir.VectorType(t, VL) for t in (f32, ir.IntType(8), ir.IntType(32)))
     u4 = kind == "u4"
+    block_bytes = {"u4": QB // 2, "i8": QB, "f16": 2 * QB}[kind]
     fmuladd = irutil.fn(builder, f"llvm.fmuladd.v{VL}f32", vf, [vf, vf, vf])
     nbk = builder.sdiv(k, i64(QB))
-    q_row = builder.mul(i, k)
-    if u4:
-        q_row = builder.lshr(q_row, i64(1))
+    q_row = builder.mul(builder.mul(i, nbk), i64(block_bytes))  # byte offset of row i
     zero = ir.Constant(vf, [0.0] * VL)
     accs = [cgutils.alloca_once_value(builder, zero) for _ in range(2 * n_act)]  # (M, lo|hi)
     with cgutils.for_range(builder, nbk) as loop:
         b = loop.index
-        q = builder.gep(qs_p, [builder.add(q_row, builder.mul(b, i64(QB // 2 if u4 else QB)))])
+        q = builder.gep(qs_p, [builder.add(q_row, builder.mul(b, i64(block_bytes)))])
         if u4:  # byte j: value j in the low nibble, value j + 16 in the high nibble
             z = builder.zext(builder.load(builder.bitcast(q, vb.as_pointer()), align=1), vi)
             halves = [
@@ -125,7 +125,7 @@ def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, kind: str) ->
             vh = ir.VectorType(ir.HalfType(), VL)
             halves = [
                 builder.load(
-                    builder.bitcast(builder.gep(q, [i64(h * VL)]), vh.as_pointer()), align=2
+                    builder.bitcast(builder.gep(q, [i64(2 * h * VL)]), vh.as_pointer()), align=2
                 )
                 for h in range(2)
             ]
@@ -165,14 +165,16 @@ def _make_row_dot(kind: str) -> Callable[..., None]:
     if nb.config.DISABLE_JIT:
 
         def row_dot_py(res, xb, qs, scale, i, n_act, k):  # type: ignore[no-untyped-def]
-            nbk = k // QB
+            nbk = k // QB  # qs: bytes, as the IR reads them
             if kind == "u4":
                 q = qs[i * k // 2 : (i + 1) * k // 2].reshape(nbk, QB // 2)
                 v = np.concatenate([q & 15, q >> 4], axis=1)  # (NB, 32)
+            elif kind == "i8":
+                v = qs[i * k : (i + 1) * k].view(np.int8).reshape(nbk, QB)
             else:
-                v = qs[i * k : (i + 1) * k].reshape(nbk, QB)
+                v = qs[2 * i * k : 2 * (i + 1) * k].view(np.float16).reshape(nbk, QB)
             if kind == "f16":
-                w = v.view(np.float16).astype(np.float32)
+                w = v.astype(np.float32)
             else:
                 w = v.astype(np.float32) * scale[i * nbk : (i + 1) * nbk, None]  # (NB, 32)
             res[:n_act] = np.einsum("bmj,bj->m", xb[: n_act * k].reshape(nbk, n_act, QB), w)
@@ -229,8 +231,9 @@ def gemv_kernel(
     k: int,
     kind: int,
 ) -> None:
-    """out (M, N) = x (M, K) @ w.T for a Packed weight of kind KIND_U4 (qs (N*K/2,) uint8 nibble
-    pairs), KIND_I8 (qs (N*K,) int8) or KIND_F16 (qs (N*K,) uint16 float16 bits; no scale).
+    """out (M, N) = x (M, K) @ w.T for a Packed weight of kind KIND_U4 (qs: N*K/2 nibble-pair
+    bytes), KIND_I8 (N*K int8 bytes) or KIND_F16 (2*N*K float16 bytes; no scale), qs always
+    viewed as uint8 so that one compiled signature serves every kind.
     Flat: x (M*K,), scale/offset (N*NB,) (offset may be empty: no offset), xsum (M*NB,) block
     sums of x (read only with an offset). Any M; each pass over the weight serves MAX_ROWS
     activation rows."""

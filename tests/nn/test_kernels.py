@@ -417,8 +417,8 @@ def test_warmup_compiles_every_kernel() -> None:
              "attention_parallel_kernel", "transpose_kernel")  # fmt: skip
     for name in names:
         assert getattr(kernels, name).signatures, name
-    for gemv in (qk.gemv_kernel, qk.gemv_serial_kernel):  # int8, nibble and float16 layouts
-        assert len(gemv.signatures) >= 3, gemv
+    for gemv in (qk.gemv_kernel, qk.gemv_serial_kernel):  # one signature: qs as bytes
+        assert gemv.signatures, gemv
     if float_gemm.available():
         assert len(float_gemm.gemm_kernel.signatures) == 2  # f16 and f32 panels
     if int8_gemm.available():
