@@ -4,7 +4,9 @@ Every engine × model runs in its own subprocess (peak RSS is per engine), on th
 16 kHz arrays (saved once by the parent as .npy), with the same options: language "en",
 temperature 0.0 as a single value (no fallback), condition_on_previous_text=True, timestamps on,
 greedy (beam 1) and beam 5. Each child loads the model, transcribes jfk once as warm-up ("first
-call"), then times jfk best-of-`--repeats` and the 5-minute file once per beam.
+call"), then times jfk best-of-`--repeats` and the 5-minute file once per beam. With
+`--rounds N` all of that runs N times, engine after engine, and the tables show medians (the
+machine's speed drifts by ±10% over minutes; interleaving spreads the drift over every engine).
 
     python bench/make_long_audio.py            # once: bench/out/long5min.{wav,txt}
     python bench/whisper_e2e.py [--quick] [--models tiny.en,base] [--engines ...] [--json OUT]
@@ -295,10 +297,11 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 
 def report(rows: list[dict], engines: list[dict], cold: list[dict]) -> str:
     by_key = {(r["engine"], r["model"], r["audio"], r["beam"]): r for r in rows}
+    multi = any("rounds_wall_s" in r for r in rows)
     lines = [
         "| engine | model | audio | beam | wall s | RTF | × fw-int8 | CPU s | peak RSS MiB | "
-        "WER ref | WER vs openai | load1 |",
-        "|" + "---|" * 12,
+        "WER ref | WER vs openai | load1 |" + (" walls of the rounds |" if multi else ""),
+        "|" + "---|" * (13 if multi else 12),
     ]
     for r in rows:
         base = by_key.get((BASELINE, r["model"], r["audio"], r["beam"]), {}).get("wall_s")
@@ -317,7 +320,7 @@ def report(rows: list[dict], engines: list[dict], cold: list[dict]) -> str:
                 fmt(C.wer(r["ref"], r["text"]), ".3f"),
                 fmt(None if oa is None else C.wer(oa, r["text"]), ".3f"),
                 r["load1"],
-            ]
+            ] + ([" ".join(fmt(x) for x in r.get("rounds_wall_s", []))] if multi else [])
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -352,6 +355,13 @@ def main() -> None:
     ap.add_argument("--no-cold", action="store_true", help="skip the npasr CLI cold-start runs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="best-of-N on jfk")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every engine this many times in turn and report medians (a slow minute then "
+        "hits all engines alike instead of whichever ran in it)",
+    )
     ap.add_argument("--child-timeout", type=float, default=1500.0)
     ap.add_argument("--json", type=Path, help="write all rows here")
     ap.add_argument("--report", type=Path, help="only re-print the tables of a saved --json file")
@@ -386,7 +396,8 @@ def main() -> None:
     if not args.no_long:
         runs += [("long5min", 1, 1)] + ([] if args.quick else [("long5min", 5, 1)])
 
-    rows, engines = run_all(args, audio, paths, runs)
+    rounds = [run_all(args, audio, paths, runs) for _ in range(max(1, args.rounds))]
+    rows, engines = _median_of_rounds(rounds)
     cold = [] if args.no_cold else cold_start(jfk_path, args.threads, 600)
     machine["loadavg_end"] = C.loadavg()
     print(f"\ncommand: {command}\nmachine: {json.dumps(machine)}\n")
@@ -404,6 +415,29 @@ def main() -> None:
                 indent=1,
             )
         )
+
+
+def _median_of_rounds(rounds: list[tuple[list, list]]) -> tuple[list, list]:
+    """Rows of the first round with wall_s / cpu_s the medians over rounds ("rounds_wall_s"
+    keeps every round's value) and each engine's largest peak RSS."""
+    rows = [dict(r) for r in rounds[0][0]]
+    for i, row in enumerate(rows):
+        walls = [rs[i]["wall_s"] for rs, _ in rounds if rs[i]["wall_s"] is not None]
+        cpus = [rs[i]["cpu_s"] for rs, _ in rounds if rs[i].get("cpu_s") is not None]
+        if len(rounds) > 1:
+            row["rounds_wall_s"] = walls
+        if walls:
+            row["wall_s"] = float(np.median(walls))
+        if cpus:
+            row["cpu_s"] = float(np.median(cpus))
+        rss = [rs[i]["peak_rss_mib"] for rs, _ in rounds if rs[i].get("peak_rss_mib")]
+        row["peak_rss_mib"] = max(rss) if rss else row.get("peak_rss_mib")
+    engines = [dict(e) for e in rounds[0][1]]
+    for i, e in enumerate(engines):
+        rss = [es[i]["peak_rss_mib"] for _, es in rounds if es[i].get("peak_rss_mib")]
+        if rss:
+            e["peak_rss_mib"] = max(rss)
+    return rows, engines
 
 
 def run_all(args: argparse.Namespace, audio: dict, paths: dict, runs: list) -> tuple[list, list]:
