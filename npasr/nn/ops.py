@@ -15,10 +15,11 @@ Dispatch for a QTensor (M = number of activation rows):
   the reference is that activation rounding (~5e-3 relative RMS). NPASR_INT8_GEMM=0 turns it off.
 * the exception: a 4-bit weight (Q4_0, Q4_1, Q4_K) of at least INT8_GEMV_MIN_WEIGHTS takes
   `int8_gemm.gemm` for few rows too. Its float GEMV widens every nibble to float32 and is compute
-  bound on Zen 4 (double-pumped AVX-512): 4096 x 4096 at 0.37-0.43x NumPy's f32 GEMV, where the
-  int8 path is 0.24x. The activation rounding is far below the 4-bit weight error; Q8_0 and Q5
-  weights keep the exact float GEMV, whose error is the weight's alone. Below the size the int8
-  path's fixed cost (~0.1 ms: quantizing x, waking the workers) loses.
+  bound on Zen 4 (double-pumped AVX-512): 4096 x 4096 at 0.37-0.48x NumPy's f32 GEMV (target
+  0.35x), where the int8 path is 0.26-0.32x (bench/kernels.py, 2 threads). The activation
+  rounding is far below the 4-bit weight error; Q8_0 and Q5 weights keep the exact float GEMV,
+  whose error is the weight's alone. Below the size the int8 path's fixed cost (~0.1 ms:
+  quantizing x, waking the workers) loses.
 * larger M elsewhere: dequantize TILE_BYTES of weight rows at a time into a reused f32 buffer
   and multiply with BLAS, which is compute bound there; the tile dequantize is the Numba kernel.
 * a type with no kernel layout (Q6_K): the same tile loop with the NumPy dequantize, announced
