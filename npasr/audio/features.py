@@ -176,10 +176,7 @@ def stft_power(
     T = 1 + (N - n_fft) // hop, and 0 when N < n_fft. Reflect padding of a signal shorter than
     n_fft // 2 + 1 follows np.pad (repeated reflection) where torch.stft would raise.
     """
-    if isinstance(window, str):
-        w = _window(window, win_length or n_fft, n_fft)
-    else:
-        w = _pad_window(np.asarray(window, dtype=np.float64), n_fft)
+    w = _stft_window(window, win_length or n_fft, n_fft)
     frames = _frames(x, n_fft, hop, center, pad_mode)
     return _power(frames, w, 0, len(frames)).T  # (F, T)
 
@@ -187,6 +184,13 @@ def stft_power(
 # Frames per FFT batch in log_mel: ~6 MB of float64 temporaries whatever the audio length, where
 # one FFT over all frames of a 5-minute file took 280 MB.
 _CHUNK_FRAMES = 2000
+
+
+def _stft_window(window: np.ndarray | WindowKind, win_length: int, n_fft: int) -> np.ndarray:
+    """A window kind (built with win_length) or an array, zero-padded centred to n_fft, float64."""
+    if isinstance(window, str):
+        return _window(window, win_length, n_fft)
+    return _pad_window(np.asarray(window, dtype=np.float64), n_fft)
 
 
 def _frames(x: np.ndarray, n_fft: int, hop: int, center: bool, pad_mode: str) -> np.ndarray:
@@ -202,8 +206,8 @@ def _frames(x: np.ndarray, n_fft: int, hop: int, center: bool, pad_mode: str) ->
 
 
 def _power(frames: np.ndarray, w: np.ndarray, t0: int, t1: int) -> np.ndarray:
-    """|rfft(frame * w)|² of frames t0..t1-1 in float64, (t1 - t0, F)."""
-    spec = np.fft.rfft(frames[t0:t1].astype(_FFT_DTYPE) * w.astype(_FFT_DTYPE), axis=-1)
+    """|rfft(frame * w)|² of frames t0..t1-1 in float64, (t1 - t0, F); w float64 (n_fft,)."""
+    spec = np.fft.rfft(frames[t0:t1].astype(_FFT_DTYPE) * w, axis=-1)
     return spec.real**2 + spec.imag**2
 
 
@@ -244,9 +248,7 @@ def log_mel(
         return np.zeros((cfg.n_mels, 0), dtype=np.float32)
     if cfg.preemphasis is not None:
         x = np.concatenate([x[:1], x[1:] - cfg.preemphasis * x[:-1]])
-    if window is None:
-        window = _window(cfg.window, cfg.win_length, cfg.n_fft)
-    w = _pad_window(np.asarray(window, dtype=np.float64), cfg.n_fft)
+    w = _stft_window(cfg.window if window is None else window, cfg.win_length, cfg.n_fft)
     frames = _frames(x, cfg.n_fft, cfg.hop_length, cfg.center, cfg.pad_mode)
     n_frames = max(len(frames) - 1, 0) if cfg.drop_last_frame else len(frames)  # Whisper drops 1
     fb = filterbank if filterbank is not None else mel_filterbank(

@@ -122,13 +122,17 @@ def _linear_f16(x: F32, w: np.ndarray) -> F32:
     """
     n_out, k = w.shape
     if x.shape[0] <= GEMV_MAX_ROWS and k % qk.QB == 0:
-        half = np.ascontiguousarray(w).reshape(-1).view(np.uint16)
-        return _gemv(x, Packed("f16", half, _EMPTY, None), n_out)
+        return _gemv(x, _f16_packed(w), n_out)
 
     def fill(wt: F32, r0: int, r1: int) -> None:
         wt[:] = w[r0:r1].reshape(-1)
 
     return _tiled(x, n_out, fill)
+
+
+def _f16_packed(w: np.ndarray) -> Packed:
+    """A float16 (N, K) weight as the GEMV's "f16" layout (a view: no scale, no offset)."""
+    return Packed("f16", np.ascontiguousarray(w).reshape(-1).view(np.uint16), _EMPTY, None)
 
 
 def _gemm(x: F32, w: QTensor, p: Packed | None) -> F32:
@@ -429,8 +433,7 @@ def warmup() -> float:
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal((1, 256)).astype(np.float32)
-    half = rng.standard_normal((16, 256)).astype(np.float16)
-    packs = [Packed("f16", half.reshape(-1).view(np.uint16), _EMPTY, None)]
+    packs = [_f16_packed(rng.standard_normal((16, 256)).astype(np.float16))]
     for qtype in (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K):
         w = quantize(rng.standard_normal((16, 256)).astype(np.float32), qtype)
         linear(rng.standard_normal((GEMV_MAX_ROWS + 1, 256)).astype(np.float32), w)  # tiles
