@@ -36,7 +36,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npasr.nn import irutil
+from npasr.nn import irutil, kernels
 from npasr.types import F32
 
 VL = 16  # f32 lanes per zmm
@@ -182,3 +182,96 @@ def gemm(x: F32, w: Panels) -> F32:
     elif m:
         out[:] = 0
     return out if n_pad == w.n else np.ascontiguousarray(out[:, : w.n])
+
+
+# --- fused attention on the micro-kernel --------------------------------------------------------
+
+ATTENTION_ROWS = 48  # query rows per task: the (48, Tk) scores stay in L2 with one head's keys
+
+
+def attention_pack(k: F32, v: F32, n_k: int) -> tuple[F32, F32]:
+    """Keys and values (G, T >= n_k, Dh), any strides, as the two panel arrays of
+    `attention_kernel`: kp (G, P * Dh * NR), the keys as P = ceil(n_k / NR) panels of NR keys
+    (the "weight" of q k^T), and vp (G, ceil(Dh / NR) * P * NR * NR), the values as panels of NR
+    head columns over the padded keys (the "weight" of p v); zeros pad both."""
+    g, _, dh = k.shape
+    p = -(-n_k // NR)
+    kp = np.empty((g, p, dh, NR), np.float32)
+    vp = np.empty((g, -(-dh // NR), p * NR, NR), np.float32)
+    attention_pack_kernel(kp, vp, k, v, n_k)
+    return kp.reshape(g, -1), vp.reshape(g, -1)
+
+
+@nb.njit(parallel=True, **_JIT)
+def attention_pack_kernel(kp, vp, k, v, n_k):  # type: ignore[no-untyped-def]
+    """`attention_pack` into preallocated kp (G, P, Dh, NR) and vp (G, Q, P * NR, NR)."""
+    dh = k.shape[2]
+    for g in nb.prange(k.shape[0]):
+        for p in range(kp.shape[1]):
+            for d in range(dh):
+                for c in range(NR):
+                    t = p * NR + c
+                    kp[g, p, d, c] = k[g, t, d] if t < n_k else np.float32(0.0)
+        for p in range(vp.shape[1]):
+            for t in range(vp.shape[2]):
+                for c in range(NR):
+                    d = p * NR + c
+                    vp[g, p, t, c] = v[g, t, d] if t < n_k and d < dh else np.float32(0.0)
+
+
+@nb.njit(parallel=True, **_JIT)
+def attention_kernel(out, q, kp, vp, mask, n_k, chunks):  # type: ignore[no-untyped-def]
+    """out (G, Tq, ceil(Dh / NR) * NR) = softmax(q k^T + mask) v per group, over the first n_k
+    keys; q (G, Tq, Dh) already scaled, kp / vp from `attention_pack`, mask (Tq, >= n_k) or (0, 0)
+    for none. Tasks of ATTENTION_ROWS query rows of one group, dealt round-robin to `chunks`
+    chunks (one per thread, each with its own scores buffer). A task makes its scores with the
+    micro-kernel (panel by panel, every row tile), exponentiates them in place, multiplies them by
+    the value panels, and divides each output row by its sum of exponentials."""
+    n_g, n_q, _ = q.shape
+    n_kp = vp.shape[1] // out.shape[2]  # padded key count (out holds whole value panels)
+    rows = ATTENTION_ROWS
+    blocks = -(-n_q // rows)
+    tasks = n_g * blocks
+    has_mask = mask.shape[0] > 0
+    for c in nb.prange(min(chunks, tasks)):
+        s = np.empty((rows, n_kp), np.float32)
+        inv = np.empty(rows, np.float32)
+        for task in range(c, tasks, chunks):
+            g, r0 = task // blocks, (task % blocks) * rows
+            nr = min(rows, n_q - r0)
+            qb, ob = q[g, r0 : r0 + nr], out[g, r0 : r0 + nr]
+            for p in range(n_kp // NR):
+                for m0 in range(0, nr, MR):
+                    _tile_f32(s, qb, kp[g], m0, min(MR, nr - m0), p)
+            for i in range(nr):
+                row = s[i, :n_k]
+                if has_mask:
+                    for t in range(n_k):
+                        row[t] += mask[r0 + i, t]
+                m = kernels._row_max(row)
+                for t in range(n_k):
+                    row[t] = kernels._exp(row[t] - m)
+                inv[i] = np.float32(1.0) / kernels._row_sum(row)
+                for t in range(n_k, n_kp):
+                    s[i, t] = 0.0
+            for p in range(out.shape[2] // NR):
+                for m0 in range(0, nr, MR):
+                    _tile_f32(ob, s[:nr], vp[g], m0, min(MR, nr - m0), p)
+            for i in range(nr):
+                for j in range(ob.shape[1]):
+                    ob[i, j] *= inv[i]
+
+
+def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, n_k: int | None = None) -> F32:
+    """softmax(q k^T / sqrt(Dh) + mask) v for q (G, Tq, Dh), k and v (G, T, Dh) (any strides)
+    over the first n_k keys (all if None); mask (Tq, n_k) or None. `ref.attention`'s contract up
+    to float32 summation order; needs `available()`."""
+    n_g, n_q, dh = q.shape
+    n_k = k.shape[1] if n_k is None else n_k
+    qs = np.empty(q.shape, np.float32)  # C order whatever q's strides: one kernel signature
+    np.multiply(q, np.float32(dh**-0.5), out=qs)  # scaled as ref.attention scales it
+    kp, vp = attention_pack(k, v, n_k)
+    out = np.empty((n_g, n_q, -(-dh // NR) * NR), np.float32)
+    m = np.empty((0, 0), np.float32) if mask is None else np.ascontiguousarray(mask, np.float32)
+    attention_kernel(out, qs, kp, vp, m, n_k, nb.get_num_threads())
+    return out if out.shape[2] == dh else out[..., :dh]

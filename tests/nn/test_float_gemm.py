@@ -157,6 +157,95 @@ def test_stack_of_panels(rows: int) -> None:
     np.testing.assert_allclose(fused(x), want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
+def _attn_data(g: int, t: int, dh: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal((g, t, dh)).astype(np.float32) for _ in range(3))
+
+
+# groups, query rows, keys stored, keys attended, head width, mask, layout of k and v:
+# rows across task and tile edges (2 * ATTENTION_ROWS + 5), keys across panel edges, a head width
+# that is not a whole panel (80: padded value panels), one query and one key, attention over the
+# first keys of a longer cache whose tail is NaN, Whisper base's encoder shape
+ATTN_SHAPES = [
+    (3, 2 * float_gemm.ATTENTION_ROWS + 5, 2 * NR + 3, 64, None, None, "rows"),
+    (2, MR + 1, 37, 80, None, "causal", "transposed"),
+    (1, 1, 1, 32, None, None, "rows"),
+    (4, 60, 90, 64, 41, "causal", "transposed"),
+    (8, 1500, 1500, 64, None, None, "rows"),
+]
+
+
+@needs_avx512
+@pytest.mark.parametrize("case", ATTN_SHAPES, ids=lambda c: "x".join(map(str, c[:5])))
+def test_attention_matches_reference(case: tuple, n_threads: int) -> None:
+    """Fused attention against `ref.attention` in float64, 2e-6 absolute on outputs that are
+    convex combinations of N(0, 1) values (the tolerance and its reasons: tests/nn/
+    test_kernels.py; measured at most 8e-7): masks, key counts below the stored length, strided
+    keys and values, any head width."""
+    g, n_q, t, dh, n_k, mask_kind, layout = case
+    q, k, v = _attn_data(g, t, dh, 7)
+    q = q[:, :1].repeat(n_q, axis=1) + _attn_data(g, n_q, dh, 8)[0]
+    n_k = t if n_k is None else n_k
+    k[:, n_k:], v[:, n_k:] = np.nan, np.nan  # never read
+    if layout == "transposed":  # (G, T, Dh) views of (G, Dh, T) arrays, as Whisper's caches
+        k, v = (np.swapaxes(np.ascontiguousarray(np.swapaxes(a, 1, 2)), 1, 2) for a in (k, v))
+    mask = None
+    if mask_kind == "causal":
+        mask = np.triu(np.full((n_q, n_k), -np.inf, np.float32), k=n_k - n_q + 1)
+    got = float_gemm.attention(q, k, v, mask, n_k)
+    want = ref.attention(*(a.astype(np.float64) for a in (q, k[:, :n_k], v[:, :n_k])), mask)
+    assert got.shape == (g, n_q, dh) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
+@needs_avx512
+def test_attention_masked_keys_and_nan() -> None:
+    """Masked keys weigh exactly zero (their huge values never reach the output); a NaN key
+    poisons its own group only."""
+    q, k, v = _attn_data(2, 20, 64, 9)
+    mask = np.zeros((20, 20), np.float32)
+    mask[:, 5:9] = -np.inf
+    v2 = v.copy()
+    v2[:, 5:9] = 1e30
+    want = ref.attention(q.astype(np.float64), k, v, mask)
+    np.testing.assert_allclose(float_gemm.attention(q, k, v2, mask), want, rtol=0, atol=2e-6)
+    k[1, 3, 0] = np.nan
+    got = float_gemm.attention(q, k, v)
+    assert np.isnan(got[1]).all() and np.isfinite(got[0]).all()
+
+
+@needs_avx512
+def test_ops_attention_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ops.attention sends encoder-sized float32 attention with one key set per query group and
+    a (Tq, Tk) mask or none to the fused kernel; broadcast keys (beams over one window), other
+    mask shapes, small products and float64 keep the BLAS path; every answer is the
+    reference's."""
+    calls: list[tuple] = []
+    real = float_gemm.attention
+    monkeypatch.setattr(float_gemm, "attention", lambda *a: calls.append(a) or real(*a))
+    rng = np.random.default_rng(10)
+
+    def rand(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32)
+
+    causal = np.triu(np.full((200, 200), -np.inf, np.float32), k=1)
+    pad = np.zeros((1, 200), np.float32)
+    pad[0, 150:] = -np.inf
+    cases = [  # q, k, mask, fused
+        (rand(1, 4, 200, 64), rand(1, 4, 200, 64), None, True),
+        (rand(4, 200, 64), rand(4, 200, 64), causal, True),
+        (rand(2, 4, 200, 64), rand(4, 200, 64), None, False),
+        (rand(4, 200, 64), rand(4, 200, 64), pad, False),
+        (rand(2, 12, 16), rand(2, 12, 16), None, False),
+        (rand(4, 200, 64).astype(np.float64), rand(4, 200, 64), None, False),
+    ]
+    for q, k, mask, fused in cases:
+        calls.clear()
+        got = ops.attention(q, k, k, mask)
+        np.testing.assert_allclose(got, ref.attention(q, k, k, mask), rtol=0, atol=2e-6)
+        assert bool(calls) == fused and got.shape == q.shape
+
+
 _NO_JIT_SCRIPT = """
 import numpy as np
 from npasr.nn import float_gemm

@@ -421,6 +421,8 @@ def test_warmup_compiles_every_kernel() -> None:
         assert gemv.signatures, gemv
     if float_gemm.available():
         assert len(float_gemm.gemm_kernel.signatures) == 2  # f16 and f32 panels
+        assert float_gemm.attention_kernel.signatures
+        assert float_gemm.attention_pack_kernel.signatures
     if int8_gemm.available():
         assert int8_gemm.gemm_kernel.signatures
     from npasr.audio.resample import resample_kernel
