@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from npasr.nn import ops
 from npasr.nn.ref import log_softmax
 
 
@@ -89,8 +90,7 @@ class BeamSearchDecoder:
             for j in range(self.beam_size):
                 row = i * self.beam_size + j
                 prefix = tuple(tokens[row].tolist())
-                top = np.argpartition(-logprobs[row], k)[:k]
-                top = top[np.argsort(-logprobs[row][top], kind="stable")]
+                top = ops.top_k(logprobs[row], k)
                 for tok in top.tolist():
                     seq = (*prefix, tok)
                     scores[seq] = float(sum_logprobs[row] + logprobs[row, tok])

@@ -78,6 +78,15 @@ class ApplyTimestampRules:
                 logits[:, ts0 + self.max_initial_index + 1 :] = -np.inf
         logprobs = log_softmax(logits.astype(np.float32))
         for k in range(tokens.shape[0]):
-            ts_logprob = np.logaddexp.reduce(logprobs[k, ts0:])
+            ts_logprob = _logsumexp(logprobs[k, ts0:])
             if ts_logprob > logprobs[k, :ts0].max():
                 logits[k, :ts0] = -np.inf
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    """log(sum(exp(x))) of a 1-D array, shifted by its maximum (as torch.logsumexp, which
+    openai-whisper uses here; 10x faster than np.logaddexp.reduce over the 1501 timestamps)."""
+    m = x.max()
+    if not np.isfinite(m):
+        return float(m)  # all -inf (or a +inf / NaN that the shift would turn into NaN)
+    return float(m + np.log(np.exp(x - m).sum()))

@@ -245,6 +245,16 @@ def transpose(x: F32) -> F32:
     return out.reshape(*x.shape[:-2], c, r)
 
 
+def top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values of the 1-D x, largest first, ties in index order, as
+    `ref.top_k` (`kernels.top_k_kernel` on float input; serial)."""
+    if not (_numba_backend() and x.ndim == 1 and x.dtype in (np.float32, np.float64)):
+        return ref.top_k(x, k)
+    out = np.empty(max(0, min(k, x.shape[0])), np.int64)
+    kernels.top_k_kernel(out, x)
+    return out
+
+
 def softmax(x: F32, axis: int = -1) -> F32:
     """Softmax over `axis`, as `ref.softmax`; the kernel handles the last axis."""
     if not _use_kernel(x) or axis not in (-1, x.ndim - 1):
@@ -481,6 +491,7 @@ def warmup() -> float:
     kernels.glu_kernel(out[:, :32], x)
     kernels.depthwise_conv_tc_kernel(out, x, x[:3].copy(), x[0].copy(), 1)  # Conformer conv
     kernels.transpose_kernel(np.empty((64, 4), np.float32), x)
+    top_k(x[0], 2)  # beam search
     if float_gemm.available():  # f16 / f32 encoder matrices, encoder attention
         for w in (w16, w16.astype(np.float32)):
             linear(x, float_gemm.pack(w))

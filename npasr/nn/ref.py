@@ -45,6 +45,12 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return s - np.log(np.exp(s).sum(axis=axis, keepdims=True))
 
 
+def top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values of the 1-D x, largest first; equal values in index
+    order (all of x if k > x.size). NaN is not ordered: undefined where x holds it."""
+    return np.argsort(-x, kind="stable")[:k]
+
+
 def conv1d(x: F32, w: F32, b: F32 | None, stride: int = 1, padding: int = 0) -> F32:
     """1-D convolution, torch.nn.Conv1d layout: x (Cin, T), w (Cout, Cin, K) -> (Cout, Tout).
 

@@ -51,6 +51,20 @@ def test_timestamp_mass_wins_over_text() -> None:
     assert not np.isfinite(logits[0, :TS0]).any()
 
 
+def test_logsumexp_of_the_timestamp_mass() -> None:
+    """The shifted log-sum-exp the timestamp rule compares: NumPy's logaddexp reduction to
+    float32 rounding, including -inf entries, all -inf, +inf and NaN."""
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(1501) * 4 - 20).astype(np.float32)
+    x[::7] = -np.inf
+    assert rules._logsumexp(x) == pytest.approx(
+        float(np.logaddexp.reduce(x.astype(np.float64))), rel=1e-6
+    )
+    assert rules._logsumexp(np.full(5, -np.inf, np.float32)) == -np.inf
+    assert rules._logsumexp(np.array([1, np.inf], np.float32)) == np.inf
+    assert np.isnan(rules._logsumexp(np.array([1, np.nan], np.float32)))
+
+
 def test_suppress_blank_only_at_first_step() -> None:
     f = rules.SuppressBlank([11, EOT], sample_begin=2)
     a = np.zeros((2, V), np.float32)

@@ -384,6 +384,25 @@ def test_transpose(shape: tuple[int, ...]) -> None:
     np.testing.assert_array_equal(direct, x.reshape(-1, *shape[-2:])[0].T)
 
 
+@pytest.mark.parametrize("k", [0, 1, 2, 6, 40, 100])
+def test_top_k(k: int) -> None:
+    """ops.top_k equals ref.top_k (a stable argsort) exactly: the indices, largest first, with
+    ties in index order (small integers give many), -inf entries, k above the size, float64."""
+    rng = np.random.default_rng(11)
+    cases = [
+        rng.standard_normal(51865).astype(np.float32),
+        rng.integers(-3, 4, 40).astype(np.float32),
+        np.array([-np.inf, 2, -np.inf, 2, 7, -np.inf], np.float32),
+        rng.integers(-2, 3, 500).astype(np.float64),
+        np.full(9, -np.inf, np.float32),
+    ]
+    for x in cases:
+        got = ops.top_k(x, k)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, ref.top_k(x, k))
+    assert ref.top_k(cases[1], 100).size == 40
+
+
 @pytest.mark.parametrize("block_bytes", [1, 6 * 4 * 250 * 7, 1 << 40])
 def test_attention_in_query_blocks(block_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Encoder-sized scores are computed SCORES_BLOCK_BYTES at a time (1 row, 7 rows with a
@@ -414,7 +433,7 @@ def test_warmup_compiles_every_kernel() -> None:
     names = ("softmax_kernel", "softmax_inplace_kernel", "gelu_kernel", "layer_norm_kernel",
              "silu_kernel", "glu_kernel", "depthwise_conv_tc_kernel", "attention_kernel",
              "gelu_serial_kernel", "layer_norm_serial_kernel",
-             "attention_parallel_kernel", "transpose_kernel")  # fmt: skip
+             "attention_parallel_kernel", "transpose_kernel", "top_k_kernel")  # fmt: skip
     for name in names:
         assert getattr(kernels, name).signatures, name
     for gemv in (qk.gemv_kernel, qk.gemv_serial_kernel):  # one signature: qs as bytes
