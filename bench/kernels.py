@@ -5,7 +5,8 @@ better), weight GB/s read, GFLOPS, and PASS/FAIL for the issue-3 targets. Then t
 of encoder matrices held as `float_gemm.Panels` (F16 and F32 models: the same f32 arithmetic as
 NumPy's, from exact f16 or f32 weights) at M = 1500 rows. Then multi-row GEMV
 (beam search: M rows against one weight, as a multiple of the 1-row time; target 5 rows <= 2x)
-and the row/element-wise ops (`ops.softmax/gelu/layer_norm` against `ref.*`). Both sides run
+and the row/element-wise ops (`ops.softmax/gelu/layer_norm` against `ref.*`), and attention
+(`ops.attention` against `ref.attention` and against its own BLAS path). Both sides run
 with the same thread count (`--threads`, default 2) for Numba and BLAS; each time is the minimum
 over `--repeat` runs, NumPy and kernel interleaved so that load from other processes hits both.
 
@@ -220,6 +221,42 @@ def elementwise(repeat: int, rng) -> list[dict]:
     return rows
 
 
+# (name, groups, query rows, keys, head width): encoder self-attention over a 30 s window, and
+# the cross-attention of Whisper's prompt pass (224 prompt tokens over the window)
+ATTENTION = [
+    ("whisper-tiny encoder", 6, 1500, 1500, 64),
+    ("whisper-base encoder", 8, 1500, 1500, 64),
+    ("whisper-base prompt x-attn", 8, 224, 1500, 64),
+    ("gigaam-v3 encoder, 30 s", 16, 750, 750, 48),
+]
+
+
+def attention_rows(repeat: int, rng) -> list[dict]:
+    """ops.attention (the fused float_gemm kernel where it runs) against `ref.attention` (NumPy
+    f32) and against ops' BLAS path (NPASR_FLOAT_GEMM=0: query blocks of matmuls around the
+    softmax kernel, what ran before the fused kernel)."""
+    rows = []
+    for name, g, n_q, n_k, dh in ATTENTION:
+        q, k, v = (rng.standard_normal((g, t, dh), dtype=np.float32) for t in (n_q, n_k, n_k))
+
+        def blas(q=q, k=k, v=v):  # type: ignore[no-untyped-def]
+            os.environ["NPASR_FLOAT_GEMM"] = "0"
+            try:
+                return ops.attention(q, k, v)
+            finally:
+                del os.environ["NPASR_FLOAT_GEMM"]
+
+        fused = partial(ops.attention, q, k, v)
+        t_np, t_k = _pair_min(partial(ref.attention, q, k, v), fused, repeat)
+        t_blas, _ = _pair_min(blas, fused, repeat)
+        rows.append(
+            {"case": name, "shape": (g, n_q, n_k, dh), "numpy_ms": t_np * 1e3,
+             "blas_path_ms": t_blas * 1e3, "kernel_ms": t_k * 1e3,
+             "fused": float_gemm.available()}
+        )  # fmt: skip
+    return rows
+
+
 def cold_start() -> dict:
     """Seconds to import + first call of every kernel: empty cache (compile) and warm cache."""
     out = {}
@@ -315,6 +352,16 @@ def main() -> None:
             f"{r['op']:10} {str(r['shape']):16} numpy {r['numpy_ms']:8.3f} ms  "
             f"kernel {r['kernel_ms']:8.3f} ms  ({speedup:.1f}x faster)"
         )
+    print("\nattention (ops.attention vs ref.attention in NumPy, and vs ops' BLAS path)")
+    attn = attention_rows(args.repeat, rng)
+    for r in attn:
+        print(
+            f"{r['case']:27} {str(r['shape']):22} numpy {r['numpy_ms']:7.2f} ms  "
+            f"blas path {r['blas_path_ms']:7.2f} ms  ops {r['kernel_ms']:7.2f} ms  "
+            f"({r['kernel_ms'] / r['numpy_ms']:.2f}x numpy, "
+            f"{r['kernel_ms'] / r['blas_path_ms']:.2f}x blas path"
+            f"{'' if r['fused'] else '; no fused kernel here'})"
+        )
     facts["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"load average at end: {facts['loadavg_end']}")
     if args.json:
@@ -326,6 +373,7 @@ def main() -> None:
             "float_gemm": floats,
             "multi_row": multi,
             "elementwise": elem,
+            "attention": attn,
         }
         args.json.write_text(json.dumps(out, indent=1))
 

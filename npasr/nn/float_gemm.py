@@ -1,4 +1,5 @@
-"""float32 GEMM with AVX-512 for `linear` on float weights held as f32 or exact f16 (`Panels`).
+"""float32 GEMM with AVX-512 for `linear` on float weights held as f32 or exact f16 (`Panels`),
+and the fused attention built on its micro-kernel.
 
 Why. NumPy's OpenBLAS picks its "Haswell" (AVX2, 8 lanes) kernels on AMD Zen 4/5, and torch's
 MKL does the same, so neither uses the 16-lane FMA units these CPUs have. This kernel does, and
@@ -19,6 +20,16 @@ core, 2.0x OpenBLAS (MR = 4: 230; 8, 10, 14: 244-265; 12 ran f32 weights at only
 accident of code generation). `prange` runs over column panels; each walks all row tiles, so its
 weight panel (K * 64 bytes as f16) stays in L2 while the activations stream from L3. Short
 inputs (a few rows) run the same tiles; decoders keep their f16 arrays for `ops`' GEMV.
+
+Attention (`attention`, for `ops.attention` on encoder-sized inputs) runs on the same
+micro-kernel: keys packed as panels make q k^T a GEMM, values packed as panels of head columns
+make p v one. A task of ATTENTION_ROWS query rows of one head computes its (rows, Tk) scores
+into a per-thread buffer, exponentiates them in place and multiplies them by the values while
+they are still in L2: the scores never go to memory. NumPy's path (`ref.attention`, or ops' query
+blocks of batched BLAS matmuls) writes and reads them three times, 288 MB per layer of Whisper
+base, and OpenBLAS runs these K = 64 products at about half its large-GEMM rate. Contract:
+`ref.attention` up to f32 summation order (scores summed over Dh, outputs over Tk, each row
+divided by its sum of exponentials after the product rather than before).
 
 The kernel exists only where the CPU (as Numba targets it) has AVX-512F; `available()` says so
 and is False with NUMBA_DISABLE_JIT=1 or NPASR_FLOAT_GEMM=0 (then models keep plain f32 arrays
