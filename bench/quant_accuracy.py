@@ -11,7 +11,9 @@ transcript, ~800 words) is scored too, as the steadier number.
     python bench/quant_accuracy.py [--models tiny.en,base] [--types f16,q8_0,q4_0,q4_k]
 
 With --set DIR it scores a manifest.tsv set instead (columns file, part, transcript; e.g. the
-~5000-word set of bench/make_speech_set.py): corpus WER overall and per part, with word counts.
+~5000-word set of bench/make_speech_set.py): corpus WER overall and per part, with word counts,
+then each type against f16 (`compare_to_f16`: difference, clip-resampling interval, clips worse
+and better).
 
     python bench/make_speech_set.py   # once
     python bench/quant_accuracy.py --set bench/out/speech_set --threads 1 [--json out.json]
@@ -161,6 +163,33 @@ def score_set(
             )
             if json_out is not None:
                 json_out.write_text(json.dumps(report, indent=1))
+    compare_to_f16(report["results"])  # type: ignore[arg-type]
+
+
+def compare_to_f16(results: list[dict], draws: int = 10_000) -> None:
+    """Each type against the f16 run of its model on the same clips: the WER difference in
+    points, a 95% interval from resampling whole clips (paired: a draw takes the same clips for
+    both), and how many clips have more / fewer word errors than f16."""
+    import numpy as np
+
+    base = {r["model"]: r for r in results if r["type"] == "f16"}
+    print("\n| model | type | Δ f16 (points) | 95% interval | clips worse / better |")
+    print("|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for r in results:
+        ref = base.get(r["model"])
+        if ref is None or r is ref:
+            continue
+        e = np.array([c["errors"] for c in r["clips"]])
+        e0 = np.array([c["errors"] for c in ref["clips"]])
+        w = np.array([c["words"] for c in r["clips"]])
+        idx = rng.integers(0, len(w), (draws, len(w)))
+        deltas = 100 * ((e - e0)[idx].sum(axis=1) / w[idx].sum(axis=1))
+        lo, hi = np.percentile(deltas, [2.5, 97.5])
+        print(
+            f"| {r['model']} | {r['type']} | {100 * (e - e0).sum() / w.sum():+.2f} | "
+            f"{lo:+.2f} … {hi:+.2f} | {(e > e0).sum()} / {(e < e0).sum()} |"
+        )
 
 
 if __name__ == "__main__":

@@ -230,7 +230,7 @@ def attention_kernel(
     for none. Serial: meant for a few query rows per group (decoding). The scale multiplies the
     scores (the reference scales q first): float32 rounding, like the reassociated sums.
     """
-    sc = np.empty(n_k, np.float32)
+    sc = np.empty((q.shape[1], n_k), np.float32)
     for gi in range(q.shape[0]):
         _attend_group(out, q, kt, vt, mask, n_k, gi, sc)
 
@@ -243,7 +243,10 @@ def attention_parallel_kernel(
     over many keys (Whisper's cross-attention, 1500 per head), where one thread streaming every
     head's keys and values is the bottleneck (ops.ATTENTION_PARALLEL_MIN)."""
     for gi in nb.prange(q.shape[0]):
-        _attend_group(out, q, kt, vt, mask, n_k, gi, np.empty(n_k, np.float32))
+        _attend_group(out, q, kt, vt, mask, n_k, gi, np.empty((q.shape[1], n_k), np.float32))
+
+
+ATTEND_CHUNK = 512  # keys per pass of `_attend_group`: 4 key rows of it (8 KB) stay in L1
 
 
 @nb.njit(**_REDUCE)
@@ -257,38 +260,54 @@ def _attend_group(
     gi: int,
     sc: np.ndarray,
 ) -> None:
-    """Every query row of group gi (`attention_kernel`); sc (n_k,) scratch."""
+    """Every query row of group gi (`attention_kernel`); sc (Tq, >= n_k) scratch.
+
+    The scores run over chunks of ATTEND_CHUNK keys, and within a chunk every query row meets
+    the same four key rows in turn, so with several query rows (a beam over one cross-attention
+    window) each key is read from memory once, not once per row. (The same chunking of the
+    value products measured no faster: each row's output stays one long dot product.)"""
     n_q, dh = q.shape[1], q.shape[2]
     scale = _f(1.0) / np.sqrt(_f(dh))
     has_mask = mask.shape[0] > 0
     for i in range(n_q):
         for t in range(n_k):
-            sc[t] = 0.0
+            sc[i, t] = 0.0
+    for t0 in range(0, n_k, ATTEND_CHUNK):
+        t1 = min(n_k, t0 + ATTEND_CHUNK)
+        # loops over views of the chunk from 0: a loop over range(t0, t1) indexes with a signed
+        # t that Numba may wrap around, and LLVM left it scalar (6x slower)
         j = 0
         while j + 4 <= dh:
-            a0, a1, a2, a3 = q[gi, i, j], q[gi, i, j + 1], q[gi, i, j + 2], q[gi, i, j + 3]
-            for t in range(n_k):
-                sc[t] += (a0 * kt[gi, j, t] + a1 * kt[gi, j + 1, t]) + (
-                    a2 * kt[gi, j + 2, t] + a3 * kt[gi, j + 3, t]
-                )
+            k0, k1 = kt[gi, j, t0:t1], kt[gi, j + 1, t0:t1]
+            k2, k3 = kt[gi, j + 2, t0:t1], kt[gi, j + 3, t0:t1]
+            for i in range(n_q):
+                a0, a1, a2, a3 = q[gi, i, j], q[gi, i, j + 1], q[gi, i, j + 2], q[gi, i, j + 3]
+                s = sc[i, t0:t1]
+                for t in range(t1 - t0):
+                    s[t] += (a0 * k0[t] + a1 * k1[t]) + (a2 * k2[t] + a3 * k3[t])
             j += 4
         for jj in range(j, dh):
-            a0 = q[gi, i, jj]
-            for t in range(n_k):
-                sc[t] += a0 * kt[gi, jj, t]
+            k0 = kt[gi, jj, t0:t1]
+            for i in range(n_q):
+                a0 = q[gi, i, jj]
+                s = sc[i, t0:t1]
+                for t in range(t1 - t0):
+                    s[t] += a0 * k0[t]
+    for i in range(n_q):
+        row = sc[i, :n_k]
         for t in range(n_k):
-            sc[t] *= scale
+            row[t] *= scale
         if has_mask:
             for t in range(n_k):
-                sc[t] += mask[i, t]
-        m = _row_max(sc)
+                row[t] += mask[i, t]
+        m = _row_max(row)
         for t in range(n_k):
-            sc[t] = _exp(sc[t] - m)
-        inv = _f(1.0) / _row_sum(sc)
+            row[t] = _exp(row[t] - m)
+        inv = _f(1.0) / _row_sum(row)
         for jj in range(dh):
             acc = _f(0.0)
             for t in range(n_k):
-                acc += sc[t] * vt[gi, jj, t]
+                acc += row[t] * vt[gi, jj, t]
             out[gi, i, jj] = acc * inv
 
 

@@ -117,3 +117,21 @@ def test_segment_callback_streams_the_result_segments(tiny_en_gguf) -> None:
         JFK, temperature=0.0, segment_callback=got.append
     )
     assert got == r.segments and len(got) >= 2
+
+
+@pytest.mark.parametrize(
+    "rows", [[0, 1, 2, 3, 4], [0, 0, 2, 3, 1], [1, 0, 2, 4, 3], [4, 4, 4, 4, 4], [2, 3, 4, 0, 1]]
+)
+def test_kv_cache_reorder_copies_the_moved_rows(rows: list[int]) -> None:
+    """KVCache.reorder(rows): row i takes old row rows[i]'s first `length` positions (swaps and
+    duplicates included); later positions are left alone."""
+    from npasr.models.whisper.model import KVCache
+
+    rng = np.random.default_rng(1)
+    k = [rng.standard_normal((5, 2, 3, 8)).astype(np.float32) for _ in range(2)]
+    v = [rng.standard_normal((5, 2, 3, 8)).astype(np.float32) for _ in range(2)]
+    cache = KVCache([a.copy() for a in k], [a.copy() for a in v], length=6)
+    cache.reorder(np.array(rows))
+    for got, old in zip((*cache.k, *cache.v), (*k, *v), strict=True):
+        np.testing.assert_array_equal(got[..., :6], old[rows, ..., :6])
+        np.testing.assert_array_equal(got[..., 6:], old[..., 6:])
