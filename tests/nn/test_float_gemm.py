@@ -170,7 +170,7 @@ ATTN_SHAPES = [
     (3, 2 * float_gemm.ATTENTION_ROWS + 5, 2 * NR + 3, 64, None, None, "rows"),
     (2, MR + 1, 37, 80, None, "causal", "transposed"),
     (1, 1, 1, 32, None, None, "rows"),
-    (4, 60, 90, 64, 41, "causal", "transposed"),
+    (4, 30, 90, 64, 41, "causal", "transposed"),
     (8, 1500, 1500, 64, None, None, "rows"),
 ]
 
