@@ -284,6 +284,12 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, n_k: int | None =
     to float32 summation order; needs `available()`."""
     n_g, n_q, dh = q.shape
     n_k = k.shape[1] if n_k is None else n_k
+    if k.ndim != 3 or k.shape != v.shape or k.shape[0] != n_g or k.shape[2] != dh:
+        raise ValueError(f"attention: q {q.shape} needs k, v (G, T, Dh): {k.shape}, {v.shape}")
+    if not 0 < n_k <= k.shape[1]:
+        raise ValueError(f"attention: {n_k} keys outside 1..{k.shape[1]}")
+    if mask is not None and mask.shape != (n_q, n_k):
+        raise ValueError(f"attention: mask {mask.shape} is not (Tq, n_k) = {(n_q, n_k)}")
     qs = np.empty(q.shape, np.float32)  # C order whatever q's strides: one kernel signature
     np.multiply(q, np.float32(dh**-0.5), out=qs)  # scaled as ref.attention scales it
     kp, vp = attention_pack(k, v, n_k)

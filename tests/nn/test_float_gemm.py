@@ -215,6 +215,23 @@ def test_attention_masked_keys_and_nan() -> None:
 
 
 @needs_avx512
+def test_attention_rejects_mismatched_inputs() -> None:
+    """Shapes the kernel would read past are refused with ValueError, never run."""
+    q, k, v = _attn_data(2, 5, 64, 1)
+    bad = [
+        (q, k[:1], v[:1], None, None),  # other group count
+        (q, k[..., :32], v[..., :32], None, None),  # other head width
+        (q, k, v[:, :4], None, None),  # keys and values differ
+        (q, k, v, None, 6),  # more keys than stored
+        (q, k, v, None, 0),
+        (q, k, v, np.zeros((5, 4), np.float32), 5),  # mask narrower than the keys
+    ]
+    for a in bad:
+        with pytest.raises(ValueError, match="attention"):
+            float_gemm.attention(*a)
+
+
+@needs_avx512
 def test_ops_attention_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
     """ops.attention sends encoder-sized float32 attention with one key set per query group and
     a (Tq, Tk) mask or none to the fused kernel; broadcast keys (beams over one window), other
