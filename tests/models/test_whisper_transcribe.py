@@ -122,16 +122,23 @@ def test_segment_callback_streams_the_result_segments(tiny_en_gguf) -> None:
 @pytest.mark.parametrize(
     "rows", [[0, 1, 2, 3, 4], [0, 0, 2, 3, 1], [1, 0, 2, 4, 3], [4, 4, 4, 4, 4], [2, 3, 4, 0, 1]]
 )
-def test_kv_cache_reorder_copies_the_moved_rows(rows: list[int]) -> None:
-    """KVCache.reorder(rows): row i takes old row rows[i]'s first `length` positions (swaps and
-    duplicates included); later positions are left alone."""
+def test_kv_cache_follow_keeps_each_rows_history(rows: list[int]) -> None:
+    """KVCache.follow over two beam-search steps: every decoding row ends in a cache row that
+    holds the first `length` positions of the row it continues (duplicates get copies, into
+    rows nobody continues), distinct rows for distinct decoding rows, and only duplicated
+    histories are copied."""
     from npasr.models.whisper.model import KVCache
 
     rng = np.random.default_rng(1)
     k = [rng.standard_normal((5, 2, 3, 8)).astype(np.float32) for _ in range(2)]
     v = [rng.standard_normal((5, 2, 3, 8)).astype(np.float32) for _ in range(2)]
     cache = KVCache([a.copy() for a in k], [a.copy() for a in v], length=6)
-    cache.reorder(np.array(rows))
+    slots = np.array([3, 0, 4, 1, 2])  # decoding row j in cache row slots[j]
+    new = cache.follow(slots, np.array(rows))
+    assert sorted(new.tolist()) == list(range(5))
     for got, old in zip((*cache.k, *cache.v), (*k, *v), strict=True):
-        np.testing.assert_array_equal(got[..., :6], old[rows, ..., :6])
-        np.testing.assert_array_equal(got[..., 6:], old[..., 6:])
+        for i, r in enumerate(rows):
+            np.testing.assert_array_equal(got[new[i], ..., :6], old[slots[r], ..., :6])
+        np.testing.assert_array_equal(got[..., 6:], old[..., 6:])  # later positions untouched
+    kept = sum(1 for i, r in enumerate(rows) if new[i] == slots[r])
+    assert kept == len(set(rows))  # one cache row per distinct history stays in place

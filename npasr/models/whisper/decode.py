@@ -68,6 +68,7 @@ class WhisperInference:
         self.model, self.cross, self.n_rows = model, cross, n_rows
         self.sot_index, self.no_speech_id = sot_index, no_speech
         self.cache: KVCache | None = None
+        self.slots = np.arange(n_rows)  # decoding row i lives in cache row slots[i]
         self.no_speech_prob = float("nan")
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
@@ -80,11 +81,13 @@ class WhisperInference:
             self.cache.k = [np.repeat(a, self.n_rows, axis=0) for a in self.cache.k]
             self.cache.v = [np.repeat(a, self.n_rows, axis=0) for a in self.cache.v]
             return np.repeat(dec.logits(h[:, -1]), self.n_rows, axis=0)
-        return dec.logits(dec(tokens[:, -1:], self.cross, self.cache)[:, -1])
+        new = np.empty((self.n_rows, 1), tokens.dtype)
+        new[self.slots] = tokens[:, -1:]  # in cache-row order
+        return dec.logits(dec(new, self.cross, self.cache)[:, -1])[self.slots]
 
     def reorder(self, rows: np.ndarray) -> None:
         assert self.cache is not None
-        self.cache.reorder(rows)
+        self.slots = self.cache.follow(self.slots, rows)
 
 
 def detect_language(
