@@ -93,9 +93,11 @@ def _gemv(x: F32, p: Packed, n_out: int, serial: bool | None = None) -> F32:
     m, k = x.shape
     out = np.empty((m, n_out), np.float32)
     xf = x.reshape(-1)
-    xsum = np.empty(m * (k // qk.QB), np.float32)
     if p.offset is not None:
+        xsum = np.empty(m * (k // qk.QB), np.float32)
         qk.block_sums_kernel(xsum, xf, m, k)
+    else:
+        xsum = _EMPTY  # read only with an offset
     if serial is None:
         serial = n_out * k * min(m, 2) <= GEMV_SERIAL_MAX_WEIGHTS
     kernel = qk.gemv_serial_kernel if serial else qk.gemv_kernel
@@ -361,8 +363,10 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | Non
         and (mask is None or (shared == 0 and mask.shape == (n_q, n_k)))
     ):
         # (E..., L..., Tq, Dh) -> (L, E * Tq, Dh): every query row of a group meets the same keys
-        qg = np.moveaxis(q, range(shared), range(-2 - shared, -2)) if shared else q
-        qg = qg.reshape(-1, math.prod(lead[:shared]) * n_q, dh)
+        n_e = math.prod(lead[:shared])
+        moved = shared and n_e > 1  # a single beam (E of size 1) needs only a reshape
+        qg = np.moveaxis(q, range(shared), range(-2 - shared, -2)) if moved else q
+        qg = qg.reshape(-1, n_e * n_q, dh)
         out = np.empty(qg.shape, np.float32)
         t_all = k.shape[-2]
         parallel = qg.shape[0] > 1 and qg.shape[0] * n_k * dh >= ATTENTION_PARALLEL_MIN
@@ -374,7 +378,7 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | Non
             _EMPTY.reshape(0, 0) if mask is None else np.asarray(mask, np.float32),
             n_k,
         )
-        if not shared:
+        if not moved:
             return out.reshape(q.shape)
         out = out.reshape(*lead[shared:], *lead[:shared], n_q, dh)
         return np.moveaxis(out, range(-2 - shared, -2), range(shared))
