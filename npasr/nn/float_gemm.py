@@ -264,10 +264,7 @@ def attention_kernel(out, q, kp, vp, mask, n_k, chunks):  # type: ignore[no-unty
                 if has_mask:
                     for t in range(n_k):
                         row[t] += mask[r0 + i, t]
-                m = kernels._row_max(row)
-                for t in range(n_k):
-                    row[t] = kernels._exp(row[t] - m)
-                inv[i] = np.float32(1.0) / kernels._row_sum(row)
+                inv[i] = kernels._exp_row(row)
                 for t in range(n_k, n_kp):
                     s[i, t] = 0.0
             for p in range(out.shape[2] // NR):

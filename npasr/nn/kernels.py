@@ -128,6 +128,17 @@ def _row_sq_sum(x: np.ndarray) -> np.float32:
     return s
 
 
+@nb.njit(**_JIT)
+def _exp_row(x: np.ndarray) -> np.float32:
+    """x <- exp(x - max(x)) in place; returns 1 / sum of the result (the caller scales by it:
+    e * (1/s) is within 1 ulp of e / s). The shared body of the in-place softmax and of both
+    attention kernels' rows of scores."""
+    m = _row_max(x)
+    for j in range(x.shape[0]):
+        x[j] = _exp(x[j] - m)
+    return _f(1.0) / _row_sum(x)
+
+
 @nb.njit(parallel=True, **_JIT)
 def softmax_kernel(out: np.ndarray, x: np.ndarray) -> None:
     """out (R, C) = softmax of each row of x (R, C); `ref.softmax(x, axis=-1)`.
@@ -161,10 +172,7 @@ def softmax_inplace_kernel(x: np.ndarray) -> None:
     much as the softmax itself (encoder self-attention scores)."""
     for r in nb.prange(x.shape[0]):
         xr = x[r]
-        m = _row_max(xr)
-        for j in range(xr.shape[0]):
-            xr[j] = _exp(xr[j] - m)
-        inv = _f(1.0) / _row_sum(xr)
+        inv = _exp_row(xr)
         for j in range(xr.shape[0]):
             xr[j] *= inv
 
@@ -300,10 +308,7 @@ def _attend_group(
         if has_mask:
             for t in range(n_k):
                 row[t] += mask[i, t]
-        m = _row_max(row)
-        for t in range(n_k):
-            row[t] = _exp(row[t] - m)
-        inv = _f(1.0) / _row_sum(row)
+        inv = _exp_row(row)
         for jj in range(dh):
             acc = _f(0.0)
             for t in range(n_k):

@@ -382,7 +382,8 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | Non
             return out.reshape(q.shape)
         out = out.reshape(*lead[shared:], *lead[:shared], n_q, dh)
         return np.moveaxis(out, range(-2 - shared, -2), range(shared))
-    big = n_q * n_k * math.prod(np.broadcast_shapes(q.shape[:-2], k.shape[:-2])) >= KERNEL_MIN_SIZE
+    shape = (*np.broadcast_shapes(q.shape[:-2], k.shape[:-2]), n_q, n_k)  # of the scores
+    big = math.prod(shape) >= KERNEL_MIN_SIZE
     if (
         big
         and _numba_backend()
@@ -402,8 +403,6 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | Non
         k, v = k[..., :n_k, :], v[..., :n_k, :]
     scale = np.float32(q.shape[-1] ** -0.5)
     qs, kt = q * scale, np.swapaxes(k, -1, -2)
-    shape = (*np.broadcast_shapes(q.shape[:-2], k.shape[:-2]), n_q, n_k)
-    big = math.prod(shape) >= KERNEL_MIN_SIZE
     if _numba_backend() and big and q.dtype == k.dtype == np.float32:
         # scores into a reused buffer, softmax in place: a fresh (H, Tq, Tk) array costs more in
         # page faults than the product itself (Whisper base encoder layer: 30 vs 13 ms)
