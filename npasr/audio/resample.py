@@ -28,6 +28,7 @@ import math
 import numba as nb
 import numpy as np
 
+from npasr.nn.jit import JIT
 from npasr.types import F32, AudioError
 
 KAISER_BETA = 5.0  # SciPy's default window ('kaiser', 5.0)
@@ -92,7 +93,7 @@ def resample_ref(x: np.ndarray, orig_sr: int, sr: int) -> F32:
     return y
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
+@nb.njit(parallel=True, **JIT)
 def resample_kernel(y, x, table, up, down, half):  # type: ignore[no-untyped-def]
     """y[n] = sum_j table[t % up, j] x[t // up - j], t = n down + half, x zero outside."""
     n_out, n_in, taps = y.size, x.size, table.shape[1]

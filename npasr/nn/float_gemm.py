@@ -47,7 +47,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npasr.nn import irutil, kernels
+from npasr.nn import irutil, jit, kernels
 from npasr.types import F32
 
 VL = 16  # f32 lanes per zmm
@@ -55,7 +55,7 @@ NG = 2  # 16-column groups per panel
 NR = VL * NG  # output columns per panel
 MR = 6  # activation rows per micro-tile (module docstring: why 6)
 
-_JIT = dict(nogil=True, cache=True)
+_JIT = jit.JIT
 
 
 def available() -> bool:

@@ -58,7 +58,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npasr.nn import irutil
+from npasr.nn import irutil, jit
 from npasr.nn.quant import Packed, QTensor
 from npasr.types import F32
 
@@ -70,7 +70,7 @@ MR = 4  # activation rows per micro-tile (module docstring: why 4)
 _N_VEC = {"n4": 4, "u8": 8, "s8": 8}  # 64-byte weight vectors per group per block
 _VARIANT = {"n4": 0, "u8": 1, "s8": 2}
 
-_JIT = dict(nogil=True, cache=True)
+_JIT = jit.JIT
 
 
 # --- availability -------------------------------------------------------------------------------

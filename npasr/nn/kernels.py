@@ -30,10 +30,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-_JIT = dict(nogil=True, cache=True)
-# reassociation only, for the row reductions (see module docstring)
-_REDUCE = dict(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
-_MAX = dict(nogil=True, cache=True)  # max is exact in any order; NaN: see softmax_kernel
+from npasr.nn import jit
+
+_JIT = jit.JIT
+_REDUCE = jit.REDUCE  # reassociation only, for the row reductions (see module docstring)
+_MAX = jit.JIT  # max is exact in any order; NaN: see softmax_kernel
 
 _f = np.float32
 LOG2E = _f(1.4426950408889634)

@@ -40,7 +40,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npasr.nn import irutil
+from npasr.nn import irutil, jit
 
 QB = 32  # weights per scale block in every Packed layout
 ROW_CHUNK = 16  # fewest output rows per parallel work item (scratch is allocated per item)
@@ -48,9 +48,8 @@ MAX_ITEMS = 64  # most parallel work items per GEMV call
 MAX_ROWS = 8  # activation rows per weight pass (2 * 8 accumulators + 4 temporaries: 20 zmm)
 VL = 16  # float32 lanes per IR vector (one zmm; LLVM splits it on narrower targets)
 
-_JIT = dict(nogil=True, cache=True)
-# fastmath only where a reduction must be reassociated to vectorize (see module docstring)
-_FAST = dict(nogil=True, cache=True, fastmath=True)
+_JIT = jit.JIT
+_FAST = jit.FAST  # only where a reduction must be reassociated to vectorize (module docstring)
 
 _u = np.uint64
 

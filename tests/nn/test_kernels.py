@@ -447,3 +447,53 @@ def test_warmup_compiles_every_kernel() -> None:
     from npasr.audio.resample import resample_kernel
 
     assert resample_kernel.signatures
+
+
+def test_every_kernel_sets_its_own_fastmath() -> None:
+    """Numba compiles a function that leaves fastmath unset with the flags of its first jitted
+    caller and serves that version to every later caller (npasr.nn.jit): every jitted function
+    of the kernel modules must name its flags."""
+    import numba as nb
+
+    from npasr.audio import resample
+    from npasr.nn import float_gemm, int8_gemm
+
+    seen = 0
+    for mod in (kernels, qk, float_gemm, int8_gemm, resample):
+        for name, obj in vars(mod).items():
+            if isinstance(obj, nb.core.registry.CPUDispatcher):
+                seen += 1
+                assert "fastmath" in obj.targetoptions, f"{mod.__name__}.{name}"
+    assert seen > 30
+
+
+_FLAGS_SCRIPT = """
+import re
+import numpy as np
+from npasr.nn import kernels
+q = np.ones((2, 1, 8), np.float32)
+kt = np.ones((2, 8, 4), np.float32)
+kernels.attention_kernel(np.empty_like(q), q, kt, kt, np.empty((0, 0), np.float32), 4)
+flags = lambda f: set(re.findall(r"= f(?:add|mul|sub) ([a-z ]*?)float", f.inspect_llvm(f.signatures[0])))
+assert flags(kernels._exp) == {""}, flags(kernels._exp)  # compiled for a REDUCE caller, strict
+assert flags(kernels._row_sum) == {"reassoc nsz "}, flags(kernels._row_sum)
+print("ok")
+"""
+
+
+def test_helper_flags_do_not_follow_the_first_caller(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """In a fresh process with an empty compile cache, the exp helper first compiled for an
+    attention kernel (reassociating reductions) keeps its own strict arithmetic."""
+    import os
+    import subprocess
+    import sys
+
+    from . import REPO
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run(
+        [sys.executable, "-c", _FLAGS_SCRIPT], env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
