@@ -255,7 +255,7 @@ def attention_parallel_kernel(
         _attend_group(out, q, kt, vt, mask, n_k, gi, np.empty((q.shape[1], n_k), np.float32))
 
 
-ATTEND_CHUNK = 512  # keys per pass of `_attend_group`: 4 key rows of it (8 KB) stay in L1
+ATTEND_CHUNK = 512  # keys per pass of `_score_rows`: 4 key rows of it (8 KB) stay in L1
 
 
 @nb.njit(**_REDUCE)
@@ -269,52 +269,149 @@ def _attend_group(
     gi: int,
     sc: np.ndarray,
 ) -> None:
-    """Every query row of group gi (`attention_kernel`); sc (Tq, >= n_k) scratch.
+    """Every query row of group gi (`attention_kernel`); sc (Tq, >= n_k) scratch."""
+    _score_rows(sc, 0, q[gi], kt[gi], n_k)
+    scale = _f(1.0) / np.sqrt(_f(q.shape[2]))
+    for i in range(q.shape[1]):
+        o = out[gi, i]
+        inv = _score_probs(sc[i, :n_k], scale, mask, i)
+        o[:] = 0.0
+        _add_values(o, sc[i], vt[gi], n_k)
+        for jj in range(o.shape[0]):
+            o[jj] *= inv
+
+
+@nb.njit(**_REDUCE)
+def _score_rows(sc: np.ndarray, c0: int, q: np.ndarray, kt: np.ndarray, n_k: int) -> None:
+    """sc[i, c0 + t] = q[i] . (key t) for every row i of q (Tq, Dh) and t < n_k, kt (Dh, >= n_k)
+    the keys transposed.
 
     The scores run over chunks of ATTEND_CHUNK keys, and within a chunk every query row meets
     the same four key rows in turn, so with several query rows (a beam over one cross-attention
-    window) each key is read from memory once, not once per row. (The same chunking of the
-    value products measured no faster: each row's output stays one long dot product.)"""
-    n_q, dh = q.shape[1], q.shape[2]
-    scale = _f(1.0) / np.sqrt(_f(dh))
-    has_mask = mask.shape[0] > 0
-    for i in range(n_q):
-        for t in range(n_k):
-            sc[i, t] = 0.0
+    window, or over a prompt every beam shares) each key is read from memory once, not once per
+    row. (The same chunking of the value products measured no faster: each row's output stays
+    one long dot product.)"""
+    n_q, dh = q.shape
     for t0 in range(0, n_k, ATTEND_CHUNK):
         t1 = min(n_k, t0 + ATTEND_CHUNK)
         # loops over views of the chunk from 0: a loop over range(t0, t1) indexes with a signed
         # t that Numba may wrap around, and LLVM left it scalar (6x slower)
+        for i in range(n_q):
+            s = sc[i, c0 + t0 : c0 + t1]
+            for t in range(t1 - t0):
+                s[t] = 0.0
         j = 0
         while j + 4 <= dh:
-            k0, k1 = kt[gi, j, t0:t1], kt[gi, j + 1, t0:t1]
-            k2, k3 = kt[gi, j + 2, t0:t1], kt[gi, j + 3, t0:t1]
+            k0, k1, k2, k3 = kt[j, t0:t1], kt[j + 1, t0:t1], kt[j + 2, t0:t1], kt[j + 3, t0:t1]
             for i in range(n_q):
-                a0, a1, a2, a3 = q[gi, i, j], q[gi, i, j + 1], q[gi, i, j + 2], q[gi, i, j + 3]
-                s = sc[i, t0:t1]
+                a0, a1, a2, a3 = q[i, j], q[i, j + 1], q[i, j + 2], q[i, j + 3]
+                s = sc[i, c0 + t0 : c0 + t1]
                 for t in range(t1 - t0):
                     s[t] += (a0 * k0[t] + a1 * k1[t]) + (a2 * k2[t] + a3 * k3[t])
             j += 4
         for jj in range(j, dh):
-            k0 = kt[gi, jj, t0:t1]
+            k0 = kt[jj, t0:t1]
             for i in range(n_q):
-                a0 = q[gi, i, jj]
-                s = sc[i, t0:t1]
+                a0 = q[i, jj]
+                s = sc[i, c0 + t0 : c0 + t1]
                 for t in range(t1 - t0):
                     s[t] += a0 * k0[t]
-    for i in range(n_q):
-        row = sc[i, :n_k]
-        for t in range(n_k):
-            row[t] *= scale
-        if has_mask:
-            for t in range(n_k):
-                row[t] += mask[i, t]
-        inv = _exp_row(row)
-        for jj in range(dh):
-            acc = _f(0.0)
-            for t in range(n_k):
-                acc += row[t] * vt[gi, jj, t]
-            out[gi, i, jj] = acc * inv
+
+
+@nb.njit(**_REDUCE)
+def _score_probs(row: np.ndarray, scale: np.float32, mask: np.ndarray, i: int) -> np.float32:
+    """One query's scores -> unnormalised probabilities in place: row * scale (+ mask[i] when the
+    mask is not empty), exponentiated after its maximum; returns 1 / their sum."""
+    for t in range(row.shape[0]):
+        row[t] *= scale
+    if mask.shape[0] > 0:
+        m = mask[i]
+        for t in range(row.shape[0]):
+            row[t] += m[t]
+    return _exp_row(row)
+
+
+@nb.njit(**_REDUCE)
+def _add_values(o: np.ndarray, p: np.ndarray, vt: np.ndarray, n: int) -> None:
+    """o[j] += sum_{t < n} p[t] vt[j, t]: values transposed, each output one long dot product
+    over contiguous positions."""
+    for jj in range(o.shape[0]):
+        acc = _f(0.0)
+        row = vt[jj]
+        for t in range(n):
+            acc += p[t] * row[t]
+        o[jj] += acc
+
+
+@nb.njit(**_REDUCE)
+def attention_split_kernel(
+    out: np.ndarray,
+    q: np.ndarray,
+    kt_a: np.ndarray,
+    vt_a: np.ndarray,
+    n_a: int,
+    kt_b: np.ndarray,
+    vt_b: np.ndarray,
+    n_b: int,
+    mask: np.ndarray,
+) -> None:
+    """Attention over keys in two sets: one every query row of a head shares, then one per
+    sequence. `ref.attention` over the keys [set a; set b] of each row.
+
+    q (H, E * U, Dh): head h's query rows, U consecutive rows per sequence e; kt_a, vt_a
+    (H, Dh, >= n_a) the shared keys and values transposed (a beam search's common prompt);
+    kt_b, vt_b (E, H, Dh, >= n_b) each sequence's own (the tokens its beam decoded). mask
+    (U, n_a + n_b) added to the scores of row e * U + u, or (0, 0) for none. The shared keys
+    are read once per head for all E * U rows (`_score_rows`), not once per sequence. Serial."""
+    sc = np.empty((q.shape[1], n_a + n_b), np.float32)
+    for h in range(q.shape[0]):
+        _attend_split_head(out, q, kt_a, vt_a, n_a, kt_b, vt_b, n_b, mask, h, sc)
+
+
+@nb.njit(parallel=True, **_REDUCE)
+def attention_split_parallel_kernel(
+    out: np.ndarray,
+    q: np.ndarray,
+    kt_a: np.ndarray,
+    vt_a: np.ndarray,
+    n_a: int,
+    kt_b: np.ndarray,
+    vt_b: np.ndarray,
+    n_b: int,
+    mask: np.ndarray,
+) -> None:
+    """`attention_split_kernel` with the heads spread over the threads."""
+    for h in nb.prange(q.shape[0]):
+        sc = np.empty((q.shape[1], n_a + n_b), np.float32)
+        _attend_split_head(out, q, kt_a, vt_a, n_a, kt_b, vt_b, n_b, mask, h, sc)
+
+
+@nb.njit(**_REDUCE)
+def _attend_split_head(out, q, kt_a, vt_a, n_a, kt_b, vt_b, n_b, mask, h, sc):  # type: ignore[no-untyped-def]
+    """Every query row of head h (`attention_split_kernel`); sc (E * U, >= n_a + n_b) scratch."""
+    n_rows = q.shape[1]
+    n_seq = kt_b.shape[0]
+    per = n_rows // n_seq  # U query rows per sequence
+    qh = q[h]
+    if n_a > 0:
+        _score_rows(sc, 0, qh, kt_a[h], n_a)
+    if n_b > 0:
+        for e in range(n_seq):
+            rows = slice(e * per, (e + 1) * per)
+            _score_rows(sc[rows], n_a, qh[rows], kt_b[e, h], n_b)
+    scale = _f(1.0) / np.sqrt(_f(q.shape[2]))
+    for i in range(n_rows):
+        e = i // per
+        row = sc[i, : n_a + n_b]
+        inv = _score_probs(row, scale, mask, i - e * per)
+        o = out[h, i]
+        o[:] = 0.0
+        if n_a > 0:
+            _add_values(o, row, vt_a[h], n_a)
+        if n_b > 0:
+            _add_values(o, row[n_a:], vt_b[e, h], n_b)
+        for jj in range(o.shape[0]):
+            o[jj] *= inv
 
 
 @nb.njit(**_JIT)

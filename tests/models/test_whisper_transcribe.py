@@ -142,3 +142,55 @@ def test_kv_cache_follow_keeps_each_rows_history(rows: list[int]) -> None:
         np.testing.assert_array_equal(got[..., 6:], old[..., 6:])  # later positions untouched
     kept = sum(1 for i, r in enumerate(rows) if new[i] == slots[r])
     assert kept == len(set(rows))  # one cache row per distinct history stays in place
+
+
+def test_kv_cache_follow_copies_only_the_positions_after_the_shared_ones() -> None:
+    from npasr.models.whisper.model import KVCache
+
+    rng = np.random.default_rng(2)
+    own = [rng.standard_normal((3, 2, 4, 10)).astype(np.float32) for _ in range(2)]
+    prompt = [rng.standard_normal((2, 4, 7)).astype(np.float32) for _ in range(2)]
+    cache = KVCache([a.copy() for a in own[:1]], [a.copy() for a in own[1:]], 7 + 4,
+                    [prompt[0]], [prompt[1]], 7)  # fmt: skip
+    new = cache.follow(np.arange(3), np.array([2, 2, 0]))
+    assert new.tolist() == [2, 1, 0]
+    for got, old in ((cache.k[0], own[0]), (cache.v[0], own[1])):
+        np.testing.assert_array_equal(got[1, ..., :4], old[2, ..., :4])  # 4 own positions
+        np.testing.assert_array_equal(got[1, ..., 4:], old[1, ..., 4:])  # nothing beyond
+        np.testing.assert_array_equal(got[[0, 2]], old[[0, 2]])
+
+
+@pytest.mark.weights
+def test_branched_cache_decodes_as_each_row_alone(tiny_en_gguf) -> None:
+    """Beams over one prompt (`KVCache.branch`: the prompt's keys held once, each row its own
+    tokens after it, `follow` between steps) give every row the hidden states that decoding its
+    whole token sequence alone in a one-row cache gives."""
+    from npasr.models.whisper.asr import WhisperModel
+    from npasr.models.whisper.model import KVCache
+
+    m = WhisperModel.from_gguf(tiny_en_gguf)
+    cfg, dec = m.config, m.model.decoder
+    cross = dec.cross_kv(np.random.default_rng(0).standard_normal((1500, 384)).astype(np.float32))
+    prompt = [50257, 50362, 843, 523, 1110, 13]
+    cache = KVCache.empty(cfg, 1)
+    dec(np.array([prompt]), cross, cache)
+    cache = cache.branch(4)
+    assert cache.shared == cache.length == len(prompt)
+    seqs = [list(prompt) for _ in range(4)]
+    slots = np.arange(4)
+    steps = [([11, 12, 13, 14], None), ([21, 22, 23, 24], [1, 1, 3, 0])]
+    steps.append(([31, 32, 33, 34], [2, 0, 0, 2]))
+    for new_tokens, rows in steps:
+        if rows is not None:  # row i continues old row rows[i]
+            slots = cache.follow(slots, np.array(rows))
+            seqs = [list(seqs[r]) for r in rows]
+        tokens = np.empty((4, 1), np.int64)
+        tokens[slots, 0] = new_tokens  # in cache-row order
+        h = dec(tokens, cross, cache)[slots, -1]
+        for i, t in enumerate(new_tokens):
+            seqs[i].append(t)
+            alone = dec(np.array([seqs[i]]), cross, KVCache.empty(cfg, 1))[0, -1]
+            # float32 summation order only (measured up to 1.3e-6 of the largest value)
+            assert np.abs(h[i] - alone).max() <= 4e-6 * np.abs(alone).max()
+    with pytest.raises(ValueError, match="branch"):
+        cache.branch(2)

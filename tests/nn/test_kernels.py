@@ -256,6 +256,86 @@ def test_attention_kernel_masked_rows_and_nan() -> None:
     assert np.isnan(got[0, 1]).all() and np.isfinite(got[0, 0]).all()
 
 
+SPLIT_CASES = [  # E sequences, H heads, U rows each, Dh, shared keys n_a, own keys n_b, mask
+    (5, 8, 1, 64, 204, 7, False),  # beam 5 after a 204-token prompt (Whisper base)
+    (5, 6, 1, 64, 600, 40, False),  # long shared part: several ATTEND_CHUNK chunks
+    (3, 2, 2, 6, 9, 3, True),  # two rows per sequence with a causal mask; Dh not a multiple of 4
+    (2, 3, 1, 16, 0, 5, False),  # nothing shared
+    (4, 2, 1, 8, 11, 0, False),  # nothing of their own yet (the first step after the prompt)
+    (1, 4, 1, 32, 3, 2, False),  # one sequence
+]
+
+
+def _split_inputs(case: tuple) -> tuple:
+    """q, the shared and own keys/values as (..., T, Dh) views of transposed storage that is
+    longer than used (NaN beyond: must never be read), and the mask."""
+    n_e, n_h, n_u, dh, n_a, n_b, masked = case
+    q = _rand((n_e, n_h, n_u, dh), 1.0, 1)
+    k_a, v_a = (_rand((n_h, dh, n_a + 3), 1.0, s) for s in (2, 3))
+    k_b, v_b = (_rand((n_e, n_h, dh, n_b + 2), 1.0, s) for s in (4, 5))
+    for a in (k_a, v_a):
+        a[..., n_a:] = np.nan
+    for a in (k_b, v_b):
+        a[..., n_b:] = np.nan
+    mask = None
+    if masked:  # row u sees the shared keys and its own first n_b - n_u + 1 + u
+        mask = np.triu(np.full((n_u, n_a + n_b), -np.inf, np.float32), k=n_a + n_b - n_u + 1)
+    views = (np.swapaxes(a, -1, -2) for a in (k_a, v_a, k_b, v_b))
+    return (q, *views, mask)
+
+
+def _split_want(q, k_a, v_a, n_a, k_b, v_b, n_b, mask):  # type: ignore[no-untyped-def]
+    """ref.attention in float64 on each sequence's keys [shared; own]."""
+    n_e = q.shape[0]
+    keys, values = (
+        np.concatenate([np.broadcast_to(a[:, :n_a], (n_e, *a[:, :n_a].shape)), b[..., :n_b, :]], 2)
+        for a, b in ((k_a, k_b), (v_a, v_b))
+    )
+    f64 = [x.astype(np.float64) for x in (q, keys, values)]
+    return ref.attention(*f64, None if mask is None else mask.astype(np.float64))
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: f"E{c[0]}H{c[1]}U{c[2]}a{c[4]}b{c[5]}")
+def test_attention_split(case: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beams over a shared prompt: the attention over [shared; own] keys of each sequence, by
+    both kernels (serial, parallel) and by the NumPy backend; the unused cache is never read."""
+    q, k_a, v_a, k_b, v_b, mask = _split_inputs(case)
+    n_a, n_b = case[4], case[5]
+    want = _split_want(q, k_a, v_a, n_a, k_b, v_b, n_b, mask)
+    calls: list[str] = []
+    for name in ("attention_split_kernel", "attention_split_parallel_kernel"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    for threshold in (0, 1 << 40):  # parallel (when there are two heads or more), serial
+        monkeypatch.setattr(ops, "ATTENTION_SPLIT_PARALLEL_MIN", threshold)
+        got = ops.attention_split(q, k_a, v_a, n_a, k_b, v_b, n_b, mask)
+        assert got.shape == q.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    assert calls == ["attention_split_parallel_kernel", "attention_split_kernel"]
+    monkeypatch.setenv("NPASR_BACKEND", "numpy")
+    got = ops.attention_split(q, k_a, v_a, n_a, k_b, v_b, n_b, mask)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    assert len(calls) == 2
+
+
+def test_attention_split_rejects_mismatched_inputs() -> None:
+    q, k_a, v_a, k_b, v_b, _ = _split_inputs((3, 2, 1, 8, 4, 2, False))
+    ok = ops.attention_split(q, k_a, v_a, 4, k_b, v_b, 2)
+    assert np.isfinite(ok).all()
+    bad = [
+        (q, k_a, v_a, 8, k_b, v_b, 2, None),  # more shared keys than stored
+        (q, k_a, v_a, 4, k_b, v_b, 5, None),  # more own keys than stored
+        (q, k_a, v_a, 0, k_b, v_b, 0, None),  # no keys at all
+        (q[:2], k_a, v_a, 4, k_b, v_b, 2, None),  # 2 sequences, 3 own key sets
+        (q[:, :1], k_a, v_a, 4, k_b, v_b, 2, None),  # 1 head, keys for 2
+        (q[..., :4], k_a, v_a, 4, k_b, v_b, 2, None),  # head width
+        (q, k_a, v_a, 4, k_b, v_b, 2, np.zeros((1, 5), np.float32)),  # mask width
+    ]
+    for args in bad:
+        with pytest.raises(ValueError, match="attention_split"):
+            ops.attention_split(*args)
+
+
 def test_backend_numpy_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     """NPASR_BACKEND=numpy gives exactly the reference and never enters a kernel."""
     x = _rand((4, 150, 70))
@@ -316,6 +396,10 @@ out = np.empty_like(q)
 kernels.attention_kernel(out, q, kt, kt, np.empty((0, 0), np.float32), 3)
 want = ref.attention(q, x.reshape(1, 3, 70), x.reshape(1, 3, 70))
 np.testing.assert_allclose(out, want, atol=2e-6)
+own = kt[None]  # (E=1, H=1, Dh, T): two shared keys, then one of its own
+for split in (kernels.attention_split_kernel, kernels.attention_split_parallel_kernel):
+    split(out, q, kt, kt, 2, own[..., 2:], own[..., 2:], 1, np.empty((0, 0), np.float32))
+    np.testing.assert_allclose(out, want, atol=2e-6)
 out = np.empty((3, 35), np.float32)
 kernels.glu_kernel(out, x)
 np.testing.assert_allclose(out, ref.glu(x, axis=-1), rtol=1e-6, atol=1e-6)
@@ -433,7 +517,8 @@ def test_warmup_compiles_every_kernel() -> None:
     names = ("softmax_kernel", "softmax_inplace_kernel", "gelu_kernel", "layer_norm_kernel",
              "silu_kernel", "glu_kernel", "depthwise_conv_tc_kernel", "attention_kernel",
              "gelu_serial_kernel", "layer_norm_serial_kernel",
-             "attention_parallel_kernel", "transpose_kernel", "top_k_kernel")  # fmt: skip
+             "attention_parallel_kernel", "transpose_kernel", "top_k_kernel",
+             "attention_split_kernel", "attention_split_parallel_kernel")  # fmt: skip
     for name in names:
         assert getattr(kernels, name).signatures, name
     for gemv in (qk.gemv_kernel, qk.gemv_serial_kernel):  # one signature: qs as bytes

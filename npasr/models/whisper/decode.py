@@ -78,8 +78,8 @@ class WhisperInference:
             h = dec(tokens[:1], self.cross, self.cache)  # (1, L, D)
             probs = softmax(dec.logits(h[0, self.sot_index]).astype(np.float32))
             self.no_speech_prob = float(probs[self.no_speech_id])
-            self.cache.k = [np.repeat(a, self.n_rows, axis=0) for a in self.cache.k]
-            self.cache.v = [np.repeat(a, self.n_rows, axis=0) for a in self.cache.v]
+            if self.n_rows > 1:  # the prompt's keys stay one copy that every row reads
+                self.cache = self.cache.branch(self.n_rows)
             return np.repeat(dec.logits(h[:, -1]), self.n_rows, axis=0)
         new = np.empty((self.n_rows, 1), tokens.dtype)
         new[self.slots] = tokens[:, -1:]  # in cache-row order

@@ -93,10 +93,9 @@ class SelfAttention:
         q, k, v = (_split_heads(y[..., i * d : (i + 1) * d], self.n_head) for i in range(3))
         return q, k, v
 
-    def attend(
-        self, q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | None = None
-    ) -> F32:
-        return self.out(_merge_heads(ops.attention(q, k, v, mask, length)))
+    def attend(self, q: F32, k: F32, v: F32) -> F32:
+        """Unmasked attention of q over k, v (the encoder's), through the output projection."""
+        return self.out(_merge_heads(ops.attention(q, k, v)))
 
 
 @dataclass
@@ -179,12 +178,18 @@ class AudioEncoder:
 class KVCache:
     """Self-attention keys/values of the tokens decoded so far, one array pair per layer.
 
-    Stored transposed, (B, H, Dh, n_text_ctx), as `ops.attention`'s decoding kernel reads them
-    (each product then runs over contiguous positions); `store` returns the usual views."""
+    Stored transposed, (B, H, Dh, capacity), as `ops.attention`'s decoding kernel reads them
+    (each product then runs over contiguous positions). After `branch` the first `shared`
+    positions, the prompt every row starts from, are held once, (H, Dh, shared) per layer, and
+    the rows hold only the positions after them: a beam search over a 224-token prompt then
+    reads and copies the prompt's keys once instead of once per beam."""
 
-    k: list[F32]  # per layer (B, H, Dh, n_text_ctx)
+    k: list[F32]  # per layer (B, H, Dh, capacity): positions shared .. length - 1
     v: list[F32]
-    length: int = 0  # positions filled
+    length: int = 0  # positions filled, the shared ones included
+    shared_k: list[F32] | None = None  # per layer (H, Dh, >= shared), or None
+    shared_v: list[F32] | None = None
+    shared: int = 0  # positions in the shared arrays
 
     @classmethod
     def empty(cls, cfg: WhisperConfig, n_batch: int) -> KVCache:
@@ -195,17 +200,35 @@ class KVCache:
             [np.zeros(shape, np.float32) for _ in range(cfg.n_text_layer)],
         )
 
+    def branch(self, n_rows: int) -> KVCache:
+        """A cache of n_rows rows that all continue this one-row cache: its positions become
+        the shared part (not copied), and each row gets room for the rest of the context."""
+        if self.k[0].shape[0] != 1 or self.shared_k is not None:
+            raise ValueError("KVCache.branch: only a one-row cache without a shared part")
+        n = self.length
+        _, h, dh, ctx = self.k[0].shape
+        rows = (n_rows, h, dh, ctx - n)
+        return KVCache(
+            [np.zeros(rows, np.float32) for _ in self.k],
+            [np.zeros(rows, np.float32) for _ in self.v],
+            n,
+            [a[0] for a in self.k],
+            [a[0] for a in self.v],
+            n,
+        )
+
     def follow(self, slots: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Beam search: decoding row j lives in cache row slots[j]; afterwards decoding row i
         continues old decoding row rows[i]. Returns the new slots. A cache row that only one
         new row continues stays where it is; each further row that continues it gets an unused
-        cache row, into which the first `length` positions are copied: one copy per duplicate
-        instead of a reorder of the whole cache (which took 6 ms a step for base, beam 5)."""
+        cache row, into which its own positions (after the shared ones) are copied: one copy per
+        duplicate instead of a reorder of the whole cache (which took 6 ms a step for base,
+        beam 5)."""
         parents = slots[rows]
         free = iter(np.setdiff1d(np.arange(len(slots)), parents).tolist())
         new = parents.copy()
         claimed: set[int] = set()
-        n = self.length
+        n = self.length - self.shared
         for i, p in enumerate(parents.tolist()):
             if p in claimed:
                 new[i] = dst = next(free)
@@ -214,13 +237,29 @@ class KVCache:
             claimed.add(p)
         return new
 
-    def store(self, layer: int, k: F32, v: F32) -> tuple[F32, F32]:
-        """Write k, v (B, H, U, Dh) at positions [length, length + U); return the whole cache
-        of the layer as (B, H, n_text_ctx, Dh) views (attend over the first length + U)."""
-        start, end = self.length, self.length + k.shape[-2]
+    def attend(self, layer: int, q: F32, k: F32, v: F32, mask: F32 | None = None) -> F32:
+        """Write k, v (B, H, U, Dh) at positions [length, length + U) and return the attention
+        of q (B, H, U, Dh) over positions [0, length + U) (mask (U, length + U) or None).
+        `length` itself moves on only when the caller sets it (after the last layer)."""
+        start = self.length - self.shared
+        end = start + k.shape[-2]
+        if end > self.k[layer].shape[-1]:
+            raise ValueError(f"KVCache: {self.length + k.shape[-2]} positions exceed the context")
         self.k[layer][..., start:end] = np.swapaxes(k, -1, -2)
         self.v[layer][..., start:end] = np.swapaxes(v, -1, -2)
-        return np.swapaxes(self.k[layer], -1, -2), np.swapaxes(self.v[layer], -1, -2)
+        own_k, own_v = np.swapaxes(self.k[layer], -1, -2), np.swapaxes(self.v[layer], -1, -2)
+        if self.shared_k is None or self.shared_v is None:
+            return ops.attention(q, own_k, own_v, mask, end)
+        return ops.attention_split(
+            q,
+            np.swapaxes(self.shared_k[layer], -1, -2),
+            np.swapaxes(self.shared_v[layer], -1, -2),
+            self.shared,
+            own_k,
+            own_v,
+            end,
+            mask,
+        )
 
 
 @dataclass
@@ -316,8 +355,7 @@ class TextDecoder:
             mask = np.triu(np.full((n_new, end), -np.inf, np.float32), k=start + 1)
         for i, blk in enumerate(self.blocks):
             q, k, v = blk.attn.project(blk.attn_ln(x))
-            k, v = cache.store(i, k, v)  # (B, H, n_text_ctx, Dh): positions [0, end) are set
-            x = x + blk.attn.attend(q, k, v, mask, end)
+            x = x + blk.attn.out(_merge_heads(cache.attend(i, q, k, v, mask)))
             x = x + blk.cross_attn(blk.cross_attn_ln(x), cross.k[i], cross.v[i])  # type: ignore[misc]
             x = x + blk.mlp(blk.mlp_ln(x))
         cache.length = end
