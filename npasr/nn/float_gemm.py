@@ -275,6 +275,23 @@ def attention_kernel(out, q, kp, vp, mask, n_k, chunks):  # type: ignore[no-unty
                     ob[i, j] *= inv[i]
 
 
+class KeyPanels(NamedTuple):
+    """Keys and values packed once (`pack_keys`) for many later queries: a decoder's
+    cross-attention over one audio window, attended by every decoding step."""
+
+    kp: F32  # (G, P * Dh * NR), as `attention_pack` makes them
+    vp: F32  # (G, ceil(Dh / NR) * P * NR * NR)
+    n_k: int
+    dh: int
+
+
+def pack_keys(k: F32, v: F32) -> KeyPanels:
+    """k, v (G, T, Dh), any strides -> KeyPanels over all T keys."""
+    if k.ndim != 3 or k.shape != v.shape:
+        raise ValueError(f"pack_keys: k, v must be (G, T, Dh) alike, got {k.shape}, {v.shape}")
+    return KeyPanels(*attention_pack(k, v, k.shape[1]), k.shape[1], k.shape[2])
+
+
 def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, n_k: int | None = None) -> F32:
     """softmax(q k^T / sqrt(Dh) + mask) v for q (G, Tq, Dh), k and v (G, T, Dh) (any strides)
     over the first n_k keys (all if None); mask (Tq, n_k) or None. `ref.attention`'s contract up
@@ -285,12 +302,20 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, n_k: int | None =
         raise ValueError(f"attention: q {q.shape} needs k, v (G, T, Dh): {k.shape}, {v.shape}")
     if not 0 < n_k <= k.shape[1]:
         raise ValueError(f"attention: {n_k} keys outside 1..{k.shape[1]}")
-    if mask is not None and mask.shape != (n_q, n_k):
-        raise ValueError(f"attention: mask {mask.shape} is not (Tq, n_k) = {(n_q, n_k)}")
+    return attention_packed(q, KeyPanels(*attention_pack(k, v, n_k), n_k, dh), mask)
+
+
+def attention_packed(q: F32, kv: KeyPanels, mask: F32 | None = None) -> F32:
+    """`attention` over keys and values packed beforehand: q (G, Tq, Dh) with the G and Dh of
+    kv; mask (Tq, n_k) or None."""
+    n_g, n_q, dh = q.shape
+    if q.ndim != 3 or kv.kp.shape[0] != n_g or kv.dh != dh:
+        raise ValueError(f"attention: q {q.shape} does not match {n_g} x {kv.dh} packed keys")
+    if mask is not None and mask.shape != (n_q, kv.n_k):
+        raise ValueError(f"attention: mask {mask.shape} is not (Tq, n_k) = {(n_q, kv.n_k)}")
     qs = np.empty(q.shape, np.float32)  # C order whatever q's strides: one kernel signature
     np.multiply(q, np.float32(dh**-0.5), out=qs)  # scaled as ref.attention scales it
-    kp, vp = attention_pack(k, v, n_k)
     out = np.empty((n_g, n_q, -(-dh // NR) * NR), np.float32)
     m = np.empty((0, 0), np.float32) if mask is None else np.ascontiguousarray(mask, np.float32)
-    attention_kernel(out, qs, kp, vp, m, n_k, nb.get_num_threads())
+    attention_kernel(out, qs, kv.kp, kv.vp, m, kv.n_k, nb.get_num_threads())
     return out if out.shape[2] == dh else out[..., :dh]

@@ -263,6 +263,54 @@ def test_ops_attention_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
         assert bool(calls) == fused and got.shape == q.shape
 
 
+# beams (leading query axes), heads, query rows per beam, keys, head width
+PACKED_CASES = [
+    ((5,), 8, 1, 1500, 64),  # Whisper base: beam 5 over one window's cross-attention
+    ((), 6, 1, 1500, 64),  # greedy, no beam axis
+    ((1,), 6, 3, 1500, 64),  # a prompt's rows over the window
+    ((2, 3), 2, 2, 37, 80),  # two beam axes; keys and head width not whole panels
+]
+
+
+@pytest.mark.parametrize("case", PACKED_CASES, ids=lambda c: f"E{c[0]}H{c[1]}q{c[2]}k{c[3]}")
+def test_packed_keys_attention(case: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ops.pack_keys once, then ops.attention_keys per query pass: the reference attention over
+    the keys whatever the form they were packed in (float_gemm panels on AVX-512, transposed
+    arrays elsewhere or with NPASR_BACKEND=numpy), 2e-6 as above."""
+    beams, n_h, n_q, n_k, dh = case
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((*beams, n_h, n_q, dh)).astype(np.float32)
+    # (H, T, Dh) strided views of (T, H * Dh) projections, as the model passes them
+    kh, vh = (
+        rng.standard_normal((n_k, n_h * dh)).astype(np.float32).reshape(n_k, n_h, dh).swapaxes(0, 1)
+        for _ in range(2)
+    )
+    want = ref.attention(*(a.astype(np.float64) for a in (q, kh, vh)))
+    forms = []
+    for backend in ("numba", "numpy"):
+        monkeypatch.setenv("NPASR_BACKEND", backend)
+        kv = ops.pack_keys(kh, vh)
+        forms.append(type(kv).__name__)
+        got = ops.attention_keys(q, kv)
+        assert got.shape == q.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    assert forms == (["KeyPanels", "tuple"] if float_gemm.available() else ["tuple", "tuple"])
+
+
+@needs_avx512
+def test_packed_keys_reject_mismatched_inputs() -> None:
+    _, k, v = _attn_data(4, 10, 64, 13)
+    kv = ops.pack_keys(k, v)
+    assert isinstance(kv, float_gemm.KeyPanels) and (kv.n_k, kv.dh) == (10, 64)
+    q = np.zeros((2, 4, 1, 64), np.float32)
+    for bad_q in (q[:, :3], q[..., :32], q[0, 0]):
+        with pytest.raises(ValueError, match="attention"):
+            ops.attention_keys(bad_q, kv)
+    for bad in ((k, v[:, :5]), (k[:, :0], v[:, :0]), (k[0], v[0])):
+        with pytest.raises(ValueError, match="pack_keys"):
+            ops.pack_keys(*bad)
+
+
 _NO_JIT_SCRIPT = """
 import numpy as np
 from npasr.nn import float_gemm

@@ -559,7 +559,8 @@ from npasr.nn import kernels
 q = np.ones((2, 1, 8), np.float32)
 kt = np.ones((2, 8, 4), np.float32)
 kernels.attention_kernel(np.empty_like(q), q, kt, kt, np.empty((0, 0), np.float32), 4)
-flags = lambda f: set(re.findall(r"= f(?:add|mul|sub) ([a-z ]*?)float", f.inspect_llvm(f.signatures[0])))
+def flags(f):
+    return set(re.findall(r"= f(?:add|mul|sub) ([a-z ]*?)float", f.inspect_llvm(f.signatures[0])))
 assert flags(kernels._exp) == {""}, flags(kernels._exp)  # compiled for a REDUCE caller, strict
 assert flags(kernels._row_sum) == {"reassoc nsz "}, flags(kernels._row_sum)
 print("ok")

@@ -56,17 +56,16 @@ class MultiHeadAttention:
             n_head,
         )
 
-    def kv(self, x: F32) -> tuple[F32, F32]:
-        """Keys and values of x (..., T, D) split into heads, (..., H, T, Dh) each, as views of
-        contiguous (..., H, Dh, T) arrays (the layout the decoding attention kernel reads): the
-        (D, T) transpose of a (T, D) projection is exactly that layout."""
-        return _heads_transposed(self.key(x), self.n_head), _heads_transposed(
-            self.value(x), self.n_head
+    def kv(self, x: F32) -> ops.KeysValues:
+        """Keys and values of x (T, D) split into heads, packed once (`ops.pack_keys`) for every
+        decoding step that attends over them."""
+        return ops.pack_keys(
+            _split_heads(self.key(x), self.n_head), _split_heads(self.value(x), self.n_head)
         )
 
-    def __call__(self, x: F32, k: F32, v: F32, mask: F32 | None = None) -> F32:
+    def __call__(self, x: F32, kv: ops.KeysValues) -> F32:
         q = _split_heads(self.query(x), self.n_head)  # (..., H, Tq, Dh)
-        return self.out(_merge_heads(ops.attention(q, k, v, mask)))
+        return self.out(_merge_heads(ops.attention_keys(q, kv)))
 
 
 @dataclass
@@ -264,18 +263,9 @@ class KVCache:
 
 @dataclass
 class CrossKV:
-    """Cross-attention keys/values of one audio window, computed once per window.
+    """Cross-attention keys/values of one audio window, computed once per window."""
 
-    Each is a (..., H, T, Dh) view of a contiguous (..., H, Dh, T) array (see KVCache)."""
-
-    k: list[F32]  # per layer (..., H, T, Dh)
-    v: list[F32]
-
-
-def _heads_transposed(y: F32, n_head: int) -> F32:
-    """(..., T, D) -> (..., H, T, Dh) view of a contiguous (..., H, Dh, T) array."""
-    *lead, t, d = y.shape
-    return np.swapaxes(ops.transpose(y).reshape(*lead, n_head, d // n_head, t), -1, -2)
+    layers: list[ops.KeysValues]  # per decoder layer, from `MultiHeadAttention.kv`
 
 
 def _embedding_rows(emb: F32 | QTensor, ids: np.ndarray) -> F32:
@@ -334,8 +324,7 @@ class TextDecoder:
         )
 
     def cross_kv(self, audio_features: F32) -> CrossKV:
-        pairs = [blk.cross_attn.kv(audio_features) for blk in self.blocks]  # type: ignore[union-attr]
-        return CrossKV([k for k, _ in pairs], [v for _, v in pairs])
+        return CrossKV([blk.cross_attn.kv(audio_features) for blk in self.blocks])  # type: ignore[union-attr]
 
     def __call__(self, tokens: np.ndarray, cross: CrossKV, cache: KVCache) -> F32:
         """tokens (B, U) new tokens after `cache.length` cached ones -> hidden (B, U, D).
@@ -356,7 +345,7 @@ class TextDecoder:
         for i, blk in enumerate(self.blocks):
             q, k, v = blk.attn.project(blk.attn_ln(x))
             x = x + blk.attn.out(_merge_heads(cache.attend(i, q, k, v, mask)))
-            x = x + blk.cross_attn(blk.cross_attn_ln(x), cross.k[i], cross.v[i])  # type: ignore[misc]
+            x = x + blk.cross_attn(blk.cross_attn_ln(x), cross.layers[i])  # type: ignore[misc]
             x = x + blk.mlp(blk.mlp_ln(x))
         cache.length = end
         return self.ln(x)
