@@ -192,6 +192,27 @@ class _Cursor:
         except UnicodeDecodeError as e:
             raise self.fail(f"{what} is not valid UTF-8 ({e.reason})") from None
 
+    def strings(self, count: int, what: str) -> list[str]:
+        """`count` strings in a row (a tokenizer's vocabulary): the checks of `string`, with the
+        item's name built only for an error (51864 names cost more than the parse)."""
+        buf, pos, size, out = self.buf, self.pos, self.size, []
+        for i in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, f"length of {what}[{i}]")
+            (n,) = struct.unpack_from("<Q", buf, pos)
+            pos += 8
+            if n > size - pos:
+                self.pos = pos
+                self.need(n, f"{what}[{i}] ({n} bytes)")
+            try:
+                out.append(str(buf[pos : pos + n], "utf-8"))
+            except UnicodeDecodeError as e:
+                raise self.fail(f"{what}[{i}] is not valid UTF-8 ({e.reason})") from None
+            pos += n
+        self.pos = pos
+        return out
+
     def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype == ValueType.STRING:
             return self.string(what)
@@ -211,6 +232,8 @@ class _Cursor:
                 return arr.astype(bool).tolist() if sub == ValueType.BOOL else arr.tolist()
             # check the count against the smallest possible item before building a list
             self.need(count * _MIN_ITEM_BYTES[sub], f"{what} ({count} items)")
+            if sub == ValueType.STRING:
+                return self.strings(count, what)
             return [self.value(sub, f"{what}[{i}]", depth + 1) for i in range(count)]
         if vtype not in _SCALAR_DTYPE:
             raise self.fail(f"{what}: unknown value type {vtype}")

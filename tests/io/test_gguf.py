@@ -248,3 +248,15 @@ def test_not_a_file_and_empty(tmp_path):
     (tmp_path / "text.gguf").write_text("this is not a gguf file at all, clearly")
     with pytest.raises(ModelFileError, match="magic"):
         read_gguf(tmp_path / "text.gguf")
+
+
+def test_corrupt_string_array_items(small, tmp_path):
+    """A token in the vocabulary array with an impossible length or bytes that are not UTF-8 is
+    refused, and the error names the item."""
+    path, _ = small
+    data = path.read_bytes()
+    at = data.index(struct.pack("<Q", 3) + "Ġb".encode())  # length field of token #1 ("Ġb")
+    with pytest.raises(ModelFileError, match=r"tokens'\[1\].*truncated|truncated.*\[1\]"):
+        read_gguf(_patched(tmp_path, data, at, "<Q", 2**40))
+    with pytest.raises(ModelFileError, match=r"\[1\] is not valid UTF-8"):
+        read_gguf(_patched(tmp_path, data, at + 8, "<3s", b"\xff\xfe\xfd"))
