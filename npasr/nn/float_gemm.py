@@ -236,7 +236,7 @@ def attention_pack_kernel(kp, vp, k, v, n_k):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(parallel=True, **_JIT)
-def attention_kernel(out, q, kp, vp, mask, n_k, chunks):  # type: ignore[no-untyped-def]
+def attention_kernel(out, q, kp, vp, mask, n_k, chunks, half=False):  # type: ignore[no-untyped-def]
     """out (G, Tq, ceil(Dh / NR) * NR) = softmax(q k^T + mask) v per group, over the first n_k
     keys; q (G, Tq, Dh) already scaled, kp / vp from `attention_pack`, mask (Tq, >= n_k) or (0, 0)
     for none. Tasks of ATTENTION_ROWS query rows of one group, dealt round-robin to `chunks`
@@ -258,7 +258,10 @@ def attention_kernel(out, q, kp, vp, mask, n_k, chunks):  # type: ignore[no-unty
             qb, ob = q[g, r0 : r0 + nr], out[g, r0 : r0 + nr]
             for p in range(n_kp // NR):
                 for m0 in range(0, nr, MR):
-                    _tile_f32(s, qb, kp[g], m0, min(MR, nr - m0), p)
+                    if half:
+                        _tile_f16(s, qb, kp[g], m0, min(MR, nr - m0), p)
+                    else:
+                        _tile_f32(s, qb, kp[g], m0, min(MR, nr - m0), p)
             for i in range(nr):
                 row = s[i, :n_k]
                 if has_mask:
@@ -269,7 +272,10 @@ def attention_kernel(out, q, kp, vp, mask, n_k, chunks):  # type: ignore[no-unty
                     s[i, t] = 0.0
             for p in range(out.shape[2] // NR):
                 for m0 in range(0, nr, MR):
-                    _tile_f32(ob, s[:nr], vp[g], m0, min(MR, nr - m0), p)
+                    if half:
+                        _tile_f16(ob, s[:nr], vp[g], m0, min(MR, nr - m0), p)
+                    else:
+                        _tile_f32(ob, s[:nr], vp[g], m0, min(MR, nr - m0), p)
             for i in range(nr):
                 for j in range(ob.shape[1]):
                     ob[i, j] *= inv[i]
@@ -279,17 +285,22 @@ class KeyPanels(NamedTuple):
     """Keys and values packed once (`pack_keys`) for many later queries: a decoder's
     cross-attention over one audio window, attended by every decoding step."""
 
-    kp: F32  # (G, P * Dh * NR), as `attention_pack` makes them
-    vp: F32  # (G, ceil(Dh / NR) * P * NR * NR)
+    kp: np.ndarray  # (G, P * Dh * NR), as `attention_pack` makes them; float32 or float16
+    vp: np.ndarray  # (G, ceil(Dh / NR) * P * NR * NR), the same dtype
     n_k: int
     dh: int
 
 
-def pack_keys(k: F32, v: F32) -> KeyPanels:
-    """k, v (G, T, Dh), any strides -> KeyPanels over all T keys."""
+def pack_keys(k: F32, v: F32, half: bool = False) -> KeyPanels:
+    """k, v (G, T, Dh), any strides -> KeyPanels over all T keys; half: stored as float16
+    (rounded to nearest), which halves the bytes every later query pass reads. The attention is
+    then exactly the f32 attention over the rounded keys and values."""
     if k.ndim != 3 or k.shape != v.shape:
         raise ValueError(f"pack_keys: k, v must be (G, T, Dh) alike, got {k.shape}, {v.shape}")
-    return KeyPanels(*attention_pack(k, v, k.shape[1]), k.shape[1], k.shape[2])
+    kp, vp = attention_pack(k, v, k.shape[1])
+    if half:
+        kp, vp = kp.astype(np.float16), vp.astype(np.float16)
+    return KeyPanels(kp, vp, k.shape[1], k.shape[2])
 
 
 def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, n_k: int | None = None) -> F32:
@@ -317,5 +328,7 @@ def attention_packed(q: F32, kv: KeyPanels, mask: F32 | None = None) -> F32:
     np.multiply(q, np.float32(dh**-0.5), out=qs)  # scaled as ref.attention scales it
     out = np.empty((n_g, n_q, -(-dh // NR) * NR), np.float32)
     m = np.empty((0, 0), np.float32) if mask is None else np.ascontiguousarray(mask, np.float32)
-    attention_kernel(out, qs, kv.kp, kv.vp, m, kv.n_k, nb.get_num_threads())
+    half = kv.kp.dtype == np.float16
+    kp, vp = (a.view(np.uint16) if half else a for a in (kv.kp, kv.vp))
+    attention_kernel(out, qs, kp, vp, m, kv.n_k, nb.get_num_threads(), half)
     return out if out.shape[2] == dh else out[..., :dh]

@@ -440,19 +440,21 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, length: int | Non
 KeysValues = float_gemm.KeyPanels | tuple[F32, F32]  # what `pack_keys` returns
 
 
-def pack_keys(k: F32, v: F32) -> KeysValues:
+def pack_keys(k: F32, v: F32, half: bool = False) -> KeysValues:
     """Keys and values (H, T, Dh), any strides, that many later queries attend over (a
     decoder's cross-attention over one audio window), in the form `attention_keys` reads fastest.
 
     On AVX-512 CPUs (float32 input, numba backend): `float_gemm.KeyPanels`, packed once here, so
     that each query pass runs the fused micro-kernel (Whisper base's cross-attention of one
-    layer, keys not in cache: 5 beams 460-590 -> 255-265 us, one row 280-330 -> 230-245 us).
-    Elsewhere the pair itself, stored transposed ((H, T, Dh) views of contiguous (H, Dh, T)
-    arrays), the layout `attention`'s decoding kernel reads without a copy."""
+    layer, keys not in cache: 5 beams 460-590 -> 255-265 us, one row 280-330 -> 230-245 us),
+    and with half=True stored as float16 (one row 324 -> 184 us, 5 rows 391 -> 295 us; the
+    result is the f32 attention over the rounded keys and values). Elsewhere the float32 pair
+    itself, stored transposed ((H, T, Dh) views of contiguous (H, Dh, T) arrays), the layout
+    `attention`'s decoding kernel reads without a copy."""
     if k.ndim != 3 or k.shape != v.shape or k.shape[1] == 0:
         raise ValueError(f"pack_keys: k {k.shape} and v {v.shape} must be (H, T > 0, Dh) alike")
     if _numba_backend() and float_gemm.available() and k.dtype == v.dtype == np.float32:
-        return float_gemm.pack_keys(k, v)
+        return float_gemm.pack_keys(k, v, half)
     return tuple(np.swapaxes(transpose(a), -1, -2) for a in (k, v))  # type: ignore[return-value]
 
 
@@ -600,6 +602,7 @@ def warmup() -> float:
         kt = q3.transpose(0, 2, 1).copy().transpose(0, 2, 1)  # strided keys, as models pass
         float_gemm.attention(q3, q3, q3)
         float_gemm.attention(q3, kt, kt, np.zeros((2, 2), np.float32))
+        attention_keys(q3, pack_keys(kt, kt, half=True))  # a quantized decoder's
     from npasr.audio.resample import resample_poly  # noqa: PLC0415
 
     resample_poly(x[0], 44100, 16000)  # audio files at other rates

@@ -60,6 +60,22 @@ def test_q8_0_greedy_transcript_equals_f16(tiny_f16) -> None:
 
 
 @pytest.mark.weights
+def test_cross_attention_keys_are_half_only_in_quantized_models(tiny_f16) -> None:
+    """A quantized decoder keeps each window's cross-attention keys and values in float16 (its
+    weights' error is far larger than that rounding); a float one keeps them float32."""
+    from npasr.nn import float_gemm
+
+    q8 = WhisperModel.from_gguf(hub.resolve("whisper-tiny.en", wtype="q8_0"))
+    feats = np.random.default_rng(0).standard_normal((1500, 384)).astype(np.float32)
+    for m, half in ((tiny_f16, False), (q8, True)):
+        dec = m.model.decoder
+        assert dec.half_cross is half
+        if float_gemm.available():
+            want = np.float16 if half else np.float32
+            assert all(kv.kp.dtype == want for kv in dec.cross_kv(feats).layers)
+
+
+@pytest.mark.weights
 @pytest.mark.parametrize("wtype", ["q4_0", "q4_k"])
 def test_4bit_keeps_the_words(wtype) -> None:
     m = WhisperModel.from_gguf(hub.resolve("whisper-tiny.en", wtype=wtype))

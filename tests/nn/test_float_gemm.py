@@ -295,6 +295,14 @@ def test_packed_keys_attention(case: tuple, monkeypatch: pytest.MonkeyPatch) -> 
         assert got.shape == q.shape and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
     assert forms == (["KeyPanels", "tuple"] if float_gemm.available() else ["tuple", "tuple"])
+    # float16 panels: the same attention over the keys and values rounded to half
+    monkeypatch.setenv("NPASR_BACKEND", "numba")
+    kv = ops.pack_keys(kh, vh, half=True)
+    if float_gemm.available():
+        assert kv.kp.dtype == kv.vp.dtype == np.float16
+        rounded = (a.astype(np.float16).astype(np.float64) for a in (kh, vh))
+        want = ref.attention(q.astype(np.float64), *rounded)
+    np.testing.assert_allclose(ops.attention_keys(q, kv), want, rtol=0, atol=2e-6)
 
 
 @needs_avx512
