@@ -257,6 +257,45 @@ def attention_rows(repeat: int, rng) -> list[dict]:
     return rows
 
 
+# decoding steps over one window's cross-attention (Whisper base: 8 heads x 1500 keys x 64):
+# greedy (1 row) and beam 5; LAYERS windows' worth of keys cycled so they come from memory, as
+# in a decoder whose six layers' keys (36 MB for base) exceed the cache
+DECODING_ATTENTION = [("whisper-base x-attn, greedy", 1), ("whisper-base x-attn, beam 5", 5)]
+LAYERS = 12
+
+
+def decoding_attention_rows(repeat: int, rng) -> list[dict]:
+    """Per-layer time of one decoding step's cross-attention: NumPy (`ref.attention`), the
+    decoding kernel over transposed keys (`ops.attention`, what non-AVX-512 CPUs run), and the
+    fused kernel over keys packed once (`ops.pack_keys`: float32, and float16 as quantized
+    models keep them)."""
+    g, n_k, dh = 8, 1500, 64
+    stored = [rng.standard_normal((2, g, dh, n_k), dtype=np.float32) for _ in range(LAYERS)]
+    views = [tuple(np.swapaxes(a, 1, 2) for a in kv) for kv in stored]  # (G, T, Dh) views
+    forms = {
+        "numpy_ms": lambda q, i: ref.attention(q, *views[i]),
+        "transposed_ms": lambda q, i: ops.attention(q, *views[i]),
+        "packed_f32_ms": lambda q, i: ops.attention_keys(q, packed[0][i]),
+        "packed_f16_ms": lambda q, i: ops.attention_keys(q, packed[1][i]),
+    }
+    packed = [[ops.pack_keys(*v, half=h) for v in views] for h in (False, True)]
+    rows = []
+    for name, n_rows in DECODING_ATTENTION:
+        q = rng.standard_normal((n_rows, g, 1, dh), dtype=np.float32)
+        row = {"case": name, "shape": (n_rows, g, n_k, dh)}
+        for key, f in forms.items():
+            f(q, 0)
+            best = float("inf")
+            for _ in range(max(3, repeat // 4)):
+                t0 = time.perf_counter()
+                for i in range(LAYERS):
+                    f(q, i)
+                best = min(best, (time.perf_counter() - t0) / LAYERS)
+            row[key] = best * 1e3
+        rows.append(row)
+    return rows
+
+
 def cold_start() -> dict:
     """Seconds to import + first call of every kernel: empty cache (compile) and warm cache."""
     out = {}
@@ -362,6 +401,13 @@ def main() -> None:
             f"{r['kernel_ms'] / r['blas_path_ms']:.2f}x blas path"
             f"{'' if r['fused'] else '; no fused kernel here'})"
         )
+    print("\ndecoding cross-attention per layer, keys from memory (ms; packed: ops.pack_keys)")
+    dec_attn = decoding_attention_rows(args.repeat, rng)
+    for r in dec_attn:
+        print(
+            f"{r['case']:29} numpy {r['numpy_ms']:6.3f}  transposed {r['transposed_ms']:6.3f}  "
+            f"packed f32 {r['packed_f32_ms']:6.3f}  packed f16 {r['packed_f16_ms']:6.3f}"
+        )
     facts["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"load average at end: {facts['loadavg_end']}")
     if args.json:
@@ -374,6 +420,7 @@ def main() -> None:
             "multi_row": multi,
             "elementwise": elem,
             "attention": attn,
+            "decoding_attention": dec_attn,
         }
         args.json.write_text(json.dumps(out, indent=1))
 

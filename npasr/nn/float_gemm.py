@@ -319,9 +319,9 @@ def attention(q: F32, k: F32, v: F32, mask: F32 | None = None, n_k: int | None =
 def attention_packed(q: F32, kv: KeyPanels, mask: F32 | None = None) -> F32:
     """`attention` over keys and values packed beforehand: q (G, Tq, Dh) with the G and Dh of
     kv; mask (Tq, n_k) or None."""
+    if q.ndim != 3 or q.shape[0] != kv.kp.shape[0] or q.shape[2] != kv.dh:
+        raise ValueError(f"attention: q {q.shape} does not match {kv.kp.shape[0]} x {kv.dh} keys")
     n_g, n_q, dh = q.shape
-    if q.ndim != 3 or kv.kp.shape[0] != n_g or kv.dh != dh:
-        raise ValueError(f"attention: q {q.shape} does not match {n_g} x {kv.dh} packed keys")
     if mask is not None and mask.shape != (n_q, kv.n_k):
         raise ValueError(f"attention: mask {mask.shape} is not (Tq, n_k) = {(n_q, kv.n_k)}")
     qs = np.empty(q.shape, np.float32)  # C order whatever q's strides: one kernel signature

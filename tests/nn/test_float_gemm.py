@@ -317,6 +317,11 @@ def test_packed_keys_reject_mismatched_inputs() -> None:
     for bad in ((k, v[:, :5]), (k[:, :0], v[:, :0]), (k[0], v[0])):
         with pytest.raises(ValueError, match="pack_keys"):
             ops.pack_keys(*bad)
+    for bad_q in (np.zeros((3, 1, 64)), np.zeros((4, 1, 32)), np.zeros((4, 64))):  # G, Dh, ndim
+        with pytest.raises(ValueError, match="attention"):
+            float_gemm.attention_packed(bad_q.astype(np.float32), kv)
+    with pytest.raises(ValueError, match="mask"):
+        float_gemm.attention_packed(np.zeros((4, 2, 64), np.float32), kv, np.zeros((2, 9)))
 
 
 _NO_JIT_SCRIPT = """
