@@ -333,17 +333,31 @@ def machine() -> dict:
     }
 
 
+def _print_decoding_attention(rows: list[dict]) -> None:
+    print("\ndecoding cross-attention per layer, keys from memory (ms; packed: ops.pack_keys)")
+    for r in rows:
+        print(
+            f"{r['case']:29} numpy {r['numpy_ms']:6.3f}  transposed {r['transposed_ms']:6.3f}  "
+            f"packed f32 {r['packed_f32_ms']:6.3f}  packed f16 {r['packed_f16_ms']:6.3f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="target shapes only (all sections)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--decoding-attention", action="store_true", help="only that section")
     args = ap.parse_args()
     threads.set_num_threads(args.threads)
     facts = machine()
     facts["threads"] = args.threads
     print(" | ".join(f"{k}={v}" for k, v in facts.items()))
+    if args.decoding_attention:
+        return _print_decoding_attention(
+            decoding_attention_rows(args.repeat, np.random.default_rng(0))
+        )
     cold = cold_start()
     print(
         f"cold start (import + first call of all kernels): compile {cold['compile_s']:.1f} s, "
@@ -401,13 +415,8 @@ def main() -> None:
             f"{r['kernel_ms'] / r['blas_path_ms']:.2f}x blas path"
             f"{'' if r['fused'] else '; no fused kernel here'})"
         )
-    print("\ndecoding cross-attention per layer, keys from memory (ms; packed: ops.pack_keys)")
     dec_attn = decoding_attention_rows(args.repeat, rng)
-    for r in dec_attn:
-        print(
-            f"{r['case']:29} numpy {r['numpy_ms']:6.3f}  transposed {r['transposed_ms']:6.3f}  "
-            f"packed f32 {r['packed_f32_ms']:6.3f}  packed f16 {r['packed_f16_ms']:6.3f}"
-        )
+    _print_decoding_attention(dec_attn)
     facts["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"load average at end: {facts['loadavg_end']}")
     if args.json:

@@ -344,17 +344,7 @@ def _add_values(o: np.ndarray, p: np.ndarray, vt: np.ndarray, n: int) -> None:
 
 
 @nb.njit(**_REDUCE)
-def attention_split_kernel(
-    out: np.ndarray,
-    q: np.ndarray,
-    kt_a: np.ndarray,
-    vt_a: np.ndarray,
-    n_a: int,
-    kt_b: np.ndarray,
-    vt_b: np.ndarray,
-    n_b: int,
-    mask: np.ndarray,
-) -> None:
+def attention_split_kernel(out, q, kt_a, vt_a, n_a, kt_b, vt_b, n_b, mask):  # type: ignore[no-untyped-def]
     """Attention over keys in two sets: one every query row of a head shares, then one per
     sequence. `ref.attention` over the keys [set a; set b] of each row.
 
@@ -369,17 +359,7 @@ def attention_split_kernel(
 
 
 @nb.njit(parallel=True, **_REDUCE)
-def attention_split_parallel_kernel(
-    out: np.ndarray,
-    q: np.ndarray,
-    kt_a: np.ndarray,
-    vt_a: np.ndarray,
-    n_a: int,
-    kt_b: np.ndarray,
-    vt_b: np.ndarray,
-    n_b: int,
-    mask: np.ndarray,
-) -> None:
+def attention_split_parallel_kernel(out, q, kt_a, vt_a, n_a, kt_b, vt_b, n_b, mask):  # type: ignore[no-untyped-def]
     """`attention_split_kernel` with the heads spread over the threads."""
     for h in nb.prange(q.shape[0]):
         sc = np.empty((q.shape[1], n_a + n_b), np.float32)
