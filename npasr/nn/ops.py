@@ -470,6 +470,8 @@ def attention_keys(q: F32, kv: KeysValues) -> F32:
     if not lead or lead[-1] != n_h:
         raise ValueError(f"attention_keys: q {q.shape} does not have the keys' {n_h} heads")
     n_e = math.prod(lead[:-1])
+    if n_e == 1:  # greedy decoding: the heads are the groups already
+        return float_gemm.attention_packed(q.reshape(n_h, n_q, dh), kv).reshape(q.shape)
     qh = np.moveaxis(q.reshape(n_e, n_h, n_q, dh), 1, 0).reshape(n_h, n_e * n_q, dh)
     out = float_gemm.attention_packed(qh, kv)  # (H, E * Tq, Dh)
     return np.moveaxis(out.reshape(n_h, n_e, n_q, dh), 0, 1).reshape(q.shape)
