@@ -183,32 +183,30 @@ class _Cursor:
         return v
 
     def string(self, what: str) -> str:
-        n = self.unpack("<Q", f"length of {what}")
-        self.need(n, f"{what} ({n} bytes)")
-        raw = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise self.fail(f"{what} is not valid UTF-8 ({e.reason})") from None
+        return self.strings(1, what, single=True)[0]
 
-    def strings(self, count: int, what: str) -> list[str]:
-        """`count` strings in a row (a tokenizer's vocabulary): the checks of `string`, with the
-        item's name built only for an error (51864 names cost more than the parse)."""
+    def strings(self, count: int, what: str, single: bool = False) -> list[str]:
+        """`count` length-prefixed UTF-8 strings in a row (a tokenizer's vocabulary), each
+        bounds-checked; an error names item i as what[i] (or `what` itself if `single`), built
+        only then (51864 names cost more than the parse)."""
         buf, pos, size, out = self.buf, self.pos, self.size, []
+
+        def name(i: int) -> str:
+            return what if single else f"{what}[{i}]"
+
         for i in range(count):
             if pos + 8 > size:
                 self.pos = pos
-                self.need(8, f"length of {what}[{i}]")
+                self.need(8, f"length of {name(i)}")
             (n,) = struct.unpack_from("<Q", buf, pos)
             pos += 8
             if n > size - pos:
                 self.pos = pos
-                self.need(n, f"{what}[{i}] ({n} bytes)")
+                self.need(n, f"{name(i)} ({n} bytes)")
             try:
                 out.append(str(buf[pos : pos + n], "utf-8"))
             except UnicodeDecodeError as e:
-                raise self.fail(f"{what}[{i}] is not valid UTF-8 ({e.reason})") from None
+                raise self.fail(f"{name(i)} is not valid UTF-8 ({e.reason})") from None
             pos += n
         self.pos = pos
         return out

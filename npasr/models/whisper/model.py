@@ -286,12 +286,15 @@ class TextDecoder:
     # -> 11.0 s, transcripts unchanged). The input lookup keeps the f16 rows: a Q8_0 table for
     # both had changed a word on tiny.en ("ill-disposed").
     output: Packed | None = None
-    # Quantized models also keep each window's cross-attention keys and values in float16 (half
-    # the bytes every step reads; base, one layer, one row 0.32 -> 0.20-0.23 ms). The rounding
-    # moves the logits by at most 3.5e-3 on jfk, where Q8_0 weights alone move them by
-    # 0.56-0.69 against f16 weights; float models keep them float32 (openai-whisper's logits
-    # within 1e-3).
-    half_cross: bool = False
+
+    @property
+    def half_cross(self) -> bool:
+        """Whether each window's cross-attention keys and values are kept in float16: for
+        quantized models (half the bytes every step reads; base, one layer, one row 0.32 ->
+        0.20-0.23 ms). The rounding moves the logits by at most 3.5e-3 on jfk, where Q8_0
+        weights alone move them by 0.56-0.69 against f16 weights; float models keep them
+        float32 (openai-whisper's logits within 1e-3)."""
+        return isinstance(self.blocks[0].mlp.fc1.weight, QTensor)
 
     @classmethod
     def load(cls, w: Weights, cfg: WhisperConfig) -> TextDecoder:
@@ -318,8 +321,7 @@ class TextDecoder:
             for lin in (blk.attn.qkv, blk.attn.out, cross.query, cross.out, *blk.mlp.layers()):
                 lin.prepare_gemv()
         output = None
-        quantized = isinstance(blocks[0].mlp.fc1.weight, QTensor)
-        if isinstance(table, np.ndarray) and quantized:
+        if isinstance(table, np.ndarray) and isinstance(blocks[0].mlp.fc1.weight, QTensor):
             output = int8_gemm.quantize_q8_0(table)
         return cls(
             table,
@@ -327,7 +329,6 @@ class TextDecoder:
             blocks,
             LayerNorm.load(w.sub("ln")),
             output,
-            quantized,
         )
 
     def cross_kv(self, audio_features: F32) -> CrossKV:
