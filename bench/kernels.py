@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -296,6 +297,52 @@ def decoding_attention_rows(repeat: int, rng) -> list[dict]:
     return rows
 
 
+# the GEMV targets' shape with its weight streamed from memory: COPIES weights of each type
+# (and of NumPy's f32) cycled, so no call finds its weight in a cache. In the target rows above
+# NumPy's 64 MB pass leaves part of the quantized 9-17 MB in this VM's 32 MB L3, a share that
+# changes from one process to the next.
+STREAM_SHAPE = (4096, 4096)
+COPIES = 6
+
+
+def streamed_gemv_rows(repeat: int, rng) -> list[dict]:
+    """1-row GEMV on STREAM_SHAPE for NumPy f32 and each TYPES entry, every call on a weight
+    that is not in any cache (COPIES of it cycled): ms per call and weight GB/s."""
+    n, k = STREAM_SHAPE
+    w32 = (rng.standard_normal((n, k), dtype=np.float32) * 0.05).astype(np.float32)
+    x = rng.standard_normal((1, k), dtype=np.float32)
+    forms: dict[str, tuple[list, Callable]] = {
+        "numpy f32": ([w32 + np.float32(i) for i in range(COPIES)], lambda w: x @ w.T)
+    }
+    for qtype in TYPES:
+        q = quant.quantize(w32, qtype)
+        copies = [quant.QTensor(qtype, q.shape, q.blocks.copy()) for _ in range(COPIES)]
+        forms[qtype.name] = (copies, lambda w: ops.linear(x, w))
+    rows = []
+    for name, (weights, f) in forms.items():
+        for w in weights:
+            f(w)  # the lazy repack, and compiles
+        best = float("inf")
+        for _ in range(max(3, repeat // 3)):
+            t0 = time.perf_counter()
+            for w in weights:
+                f(w)
+            best = min(best, (time.perf_counter() - t0) / COPIES)
+        nbytes = w32.nbytes if name == "numpy f32" else weights[0].nbytes
+        rows.append({"type": name, "N": n, "K": k, "ms": best * 1e3, "GBps": nbytes / best / 1e9})
+    base = rows[0]["ms"]
+    for r in rows:
+        r["ratio"] = r["ms"] / base
+    return rows
+
+
+def _print_streamed(rows: list[dict]) -> None:
+    n, k = STREAM_SHAPE
+    print(f"\n1-row GEMV {n}x{k}, weight streamed from memory ({COPIES} copies cycled)")
+    for r in rows:
+        print(f"{r['type']:10} {r['ms']:7.3f} ms  {r['GBps']:5.1f} GB/s  {r['ratio']:5.2f}x numpy")
+
+
 def cold_start() -> dict:
     """Seconds to import + first call of every kernel: empty cache (compile) and warm cache."""
     out = {}
@@ -349,6 +396,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="target shapes only (all sections)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--decoding-attention", action="store_true", help="only that section")
+    ap.add_argument("--streamed-gemv", action="store_true", help="only that section")
     args = ap.parse_args()
     threads.set_num_threads(args.threads)
     facts = machine()
@@ -358,6 +406,8 @@ def main() -> None:
         return _print_decoding_attention(
             decoding_attention_rows(args.repeat, np.random.default_rng(0))
         )
+    if args.streamed_gemv:
+        return _print_streamed(streamed_gemv_rows(args.repeat, np.random.default_rng(0)))
     cold = cold_start()
     print(
         f"cold start (import + first call of all kernels): compile {cold['compile_s']:.1f} s, "
@@ -387,6 +437,8 @@ def main() -> None:
             f"{r['quant_GFLOPS']:6.1f} {r['numpy_GFLOPS']:6.1f}  {tgt}",
             flush=True,
         )
+    streamed = streamed_gemv_rows(args.repeat, rng)
+    _print_streamed(streamed)
     floats = float_gemm_rows(args.repeat, rng, args.quick)
     m_t, lim = MULTI_ROW_TARGET
     print(f"\nmulti-row GEMV: ms per call (x 1-row time); target {m_t} rows <= {lim:.1f}x")
@@ -425,6 +477,7 @@ def main() -> None:
             "machine": facts,
             "cold": cold,
             "rows": rows,
+            "streamed_gemv": streamed,
             "float_gemm": floats,
             "multi_row": multi,
             "elementwise": elem,

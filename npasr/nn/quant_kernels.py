@@ -114,6 +114,7 @@ def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, kind: str) ->
     with cgutils.for_range(builder, nbk) as loop:
         b = loop.index
         q = builder.gep(qs_p, [builder.add(q_row, builder.mul(b, i64(block_bytes)))])
+        irutil.prefetch(builder, q)  # the weight bytes a few blocks ahead
         if u4:  # byte j: value j in the low nibble, value j + 16 in the high nibble
             z = builder.zext(builder.load(builder.bitcast(q, vb.as_pointer()), align=1), vi)
             halves = [
