@@ -206,6 +206,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     opts["temperature"] = temperatures(args.temperature, args.temperature_increment_on_fallback)
     os.makedirs(args.output_dir, exist_ok=True)
     model = npasr.load_model(args.model, threads=args.threads)
+    _ensure_compiled(args.threads)
     status = 0
     for path in args.files:
         try:
@@ -257,10 +258,75 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warmup(args: argparse.Namespace) -> int:
-    from npasr.nn import ops
+# what the kernels in Numba's on-disk cache were last compiled for (`_stamp_path`)
+KERNEL_STAMP = "npasr-kernels.stamp"
 
-    print(f"warmup: kernels compiled or loaded from cache in {ops.warmup():.2f} s")
+
+def _stamp_path() -> Path:
+    """Beside the kernels when NUMBA_CACHE_DIR names their place (so it goes with them), else
+    in npasr's own cache directory."""
+    numba_dir = os.environ.get("NUMBA_CACHE_DIR")
+    return Path(numba_dir) / KERNEL_STAMP if numba_dir else npasr.hub.cache_dir() / KERNEL_STAMP
+
+
+def _kernel_stamp() -> str:
+    """A digest of what Numba's cached kernels depend on: the Python, NumPy, Numba and llvmlite
+    versions, the CPU they were compiled for, Numba's cache and target settings, and the size
+    and time of every npasr source file (Numba's own test for a stale cache entry)."""
+    import hashlib
+
+    import llvmlite
+    import llvmlite.binding as llb
+    import numba
+
+    parts = [sys.version, np.__version__, numba.__version__, llvmlite.__version__]
+    parts += [llb.get_host_cpu_name(), llb.get_host_cpu_features().flatten()]
+    parts += [f"{k}={os.environ.get(k, '')}" for k in ("NUMBA_CACHE_DIR", "NUMBA_CPU_NAME",
+              "NUMBA_CPU_FEATURES", "NUMBA_OPT")]  # fmt: skip
+    root = Path(npasr.__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        st = f.stat()
+        parts.append(f"{f.relative_to(root)} {st.st_size} {st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _compile_kernels(threads: int | None) -> float:
+    """ops.warmup with one compiling process per CPU (or per --threads), then the stamp."""
+    from npasr.nn import ops
+    from npasr.threads import default_num_threads
+
+    seconds = ops.warmup(workers=threads or default_num_threads())
+    try:
+        path = _stamp_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_kernel_stamp() + "\n")
+    except OSError:  # a read-only cache directory: the kernels still load from Numba's cache
+        pass
+    return seconds
+
+
+def _ensure_compiled(threads: int | None) -> None:
+    """Before the first transcription on this machine (no stamp, or a stamp for other sources,
+    versions or CPU): compile every kernel in parallel processes (`_compile_kernels`), instead of
+    one at a time on first use. Later runs load them from Numba's cache."""
+    import numba
+
+    if numba.config.DISABLE_JIT:
+        return
+    try:
+        if _stamp_path().read_text().strip() == _kernel_stamp():
+            return
+    except OSError:
+        pass
+    print("npasr: compiling the kernels for this machine, once (`npasr warmup` does it ahead)",
+          file=sys.stderr)  # fmt: skip
+    seconds = _compile_kernels(threads)
+    print(f"npasr: kernels compiled in {seconds:.1f} s", file=sys.stderr)
+
+
+def _warmup(args: argparse.Namespace) -> int:
+    seconds = _compile_kernels(args.threads)
+    print(f"warmup: kernels compiled or loaded from cache in {seconds:.2f} s")
     t0 = time.perf_counter()
     model = npasr.load_model(args.model, threads=args.threads)
     t1 = time.perf_counter()
@@ -296,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     warm = sub.add_parser("warmup", help="compile and cache the kernels once")
     warm.add_argument("--model", "-m", default=npasr.hub.DEFAULT_MODEL, help="name or .gguf file")
-    warm.add_argument("--threads", "-t", type=_positive_int, default=None, help="unset: all CPUs")
+    warm.add_argument("--threads", "-t", type=_positive_int, default=None,
+                      help="compiling processes and threads (unset: all CPUs)")
     warm.set_defaults(func=_warmup)
     return parser
 

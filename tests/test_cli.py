@@ -68,6 +68,27 @@ def fake_load_audio(source, sr=16000):
     return np.zeros(int(float(data) * sr), dtype=np.float32)
 
 
+_ENSURE_COMPILED = cli._ensure_compiled
+
+
+@pytest.fixture(autouse=True)
+def no_kernel_compile(monkeypatch):
+    """The CLI's first-run kernel compilation is tested on its own below; elsewhere it is off."""
+    monkeypatch.setattr(cli, "_ensure_compiled", lambda threads: None)
+
+
+@pytest.fixture
+def warmups(monkeypatch, tmp_path):
+    """ops.warmup recorded instead of run (its `workers`), and the cache in tmp_path."""
+    from npasr.nn import ops
+
+    calls = []
+    monkeypatch.setattr(ops, "warmup", lambda workers=1: calls.append(workers) or 1.5)
+    monkeypatch.setenv("NPASR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)  # else the stamp goes there
+    return calls
+
+
 @pytest.fixture
 def model(monkeypatch):
     m = FakeModel()
@@ -347,8 +368,10 @@ def test_convert_dispatch(monkeypatch, tmp_path, capsys):
         cli.main(["convert", "ckpt.pt", "-o", out, "--type", "q5_1"])
 
 
-def test_warmup(model, capsys):
+def test_warmup(model, warmups, tmp_path, capsys):
     assert cli.main(["warmup", "--threads", "2"]) == 0
+    assert warmups == [2]  # two compiling processes
+    assert (tmp_path / "cache" / cli.KERNEL_STAMP).read_text().strip() == cli._kernel_stamp()
     assert model.loads == [(npasr.hub.DEFAULT_MODEL, 2)]
     (call,) = model.calls
     assert (call["temperature"], call["beam_size"]) == ((0.0,), 5)
@@ -425,3 +448,52 @@ def test_segments_print_live_once_when_the_model_streams_them(tmp_path, monkeypa
     assert cli.main(["transcribe", wav, "-o", str(tmp_path), "-f", "txt", "--language", "en"]) == 0
     out = capsys.readouterr().out
     assert out.count("[00:00.000 --> 00:01.000]  live") == 1
+
+
+def test_first_transcription_compiles_the_kernels_once(model, warmups, monkeypatch, tmp_path,
+                                                       capsys):
+    """No stamp (a new machine or install): transcribe first compiles every kernel, one process
+    per CPU; with the stamp in place, later runs do not; a stale stamp (other sources, versions
+    or CPU) compiles again."""
+    from npasr.threads import default_num_threads
+
+    monkeypatch.setattr(cli, "_ensure_compiled", _ENSURE_COMPILED)
+    audio = _audio(tmp_path, "a.wav", "1.0")
+    argv = ["transcribe", audio, "-f", "txt", "-o", str(tmp_path), "--verbose", "False"]
+    assert cli.main(argv) == 0
+    assert warmups == [default_num_threads()]
+    assert "compiling the kernels" in capsys.readouterr().err
+    assert cli.main(argv) == 0
+    assert warmups == [default_num_threads()]
+    (tmp_path / "cache" / cli.KERNEL_STAMP).write_text("an older install\n")
+    assert cli.main([*argv, "--threads", "3"]) == 0
+    assert warmups == [default_num_threads(), 3]
+
+
+def test_kernel_stamp_follows_the_sources(monkeypatch, tmp_path):
+    """The stamp changes when a source file of npasr changes (Numba then recompiles it)."""
+    fake = tmp_path / "npasr"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    monkeypatch.setattr(npasr, "__file__", str(fake / "__init__.py"))
+    before = cli._kernel_stamp()
+    (fake / "ops.py").write_text("x = 1\n")
+    assert cli._kernel_stamp() != before
+
+
+def test_no_compile_without_the_jit(model, warmups, monkeypatch, tmp_path):
+    import numba
+
+    monkeypatch.setattr(cli, "_ensure_compiled", _ENSURE_COMPILED)
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    audio = _audio(tmp_path, "a.wav", "1.0")
+    assert cli.main(["transcribe", audio, "-f", "txt", "-o", str(tmp_path)]) == 0
+    assert warmups == []
+
+
+def test_kernel_stamp_beside_numba_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    assert cli._stamp_path() == tmp_path / "numba" / cli.KERNEL_STAMP
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    monkeypatch.setenv("NPASR_CACHE_DIR", str(tmp_path / "npasr"))
+    assert cli._stamp_path() == tmp_path / "npasr" / cli.KERNEL_STAMP

@@ -139,3 +139,36 @@ def test_4bit_encoder_mlps_use_the_calibration() -> None:
         stored = f.tensors[name].data.reshape(-1)
         np.testing.assert_array_equal(stored, quantize(w, qtype, imp[name]).blocks.reshape(-1))
         assert not np.array_equal(stored, quantize(w, qtype).blocks.reshape(-1))
+
+
+@pytest.mark.weights
+def test_warmup_leaves_nothing_to_compile(tiny_f16) -> None:
+    """After `ops.warmup()` (what `npasr warmup` and the first CLI run do), transcribing with an
+    f16 file (weights read-only, mapped from the file) and a q8_0 file (repacked weights),
+    greedy and with beams, adds no kernel signature: every weight reaches a kernel in one form
+    (`ops._const`), and warmup compiles that form."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import npasr
+    from npasr.nn import ops
+
+    ops.warmup()
+    found = pkgutil.walk_packages(npasr.__path__, "npasr.")
+    mods = [importlib.import_module(m.name) for m in found]
+    dispatchers = {
+        f"{mod.__name__}.{name}": d
+        for mod in mods
+        for name, d in vars(mod).items()
+        if isinstance(d, CPUDispatcher) and d.__module__ == mod.__name__
+    }
+    before = {name: len(d.signatures) for name, d in dispatchers.items()}
+    q8 = WhisperModel.from_gguf(hub.resolve("whisper-tiny.en", wtype="q8_0"))
+    for model in (tiny_f16, q8):
+        for beam in (1, 5):
+            model.transcribe(JFK, temperature=0.0, beam_size=beam)
+    after = {name: len(d.signatures) for name, d in dispatchers.items()}
+    assert {k: (before[k], v) for k, v in after.items() if v != before[k]} == {}
+    assert len(dispatchers) > 30  # the kernel modules were found

@@ -583,3 +583,41 @@ def test_helper_flags_do_not_follow_the_first_caller(tmp_path) -> None:  # type:
         timeout=300, check=False,
     )  # fmt: skip
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+_WORKER_SCRIPT = """
+from npasr.audio.resample import resample_kernel
+from npasr.nn import ops
+ops.compile_in_processes([ops.WARM_TASKS.index(ops._warm_audio)], 1)  # compiles in a child
+assert not resample_kernel.signatures  # nothing compiled in this process yet
+ops._warm_audio()
+stats = resample_kernel.stats
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+def test_compile_in_processes_fills_the_cache(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`warmup(workers > 1)`'s compiling processes leave their kernels in the on-disk cache:
+    after a worker ran the resampler's part, this process loads that kernel without compiling
+    it (one cache hit, no miss), from a cache that was empty."""
+    import os
+    import subprocess
+    import sys
+
+    from . import REPO
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run(
+        [sys.executable, "-c", _WORKER_SCRIPT], env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["1", "0"]
+
+
+def test_a_failing_compile_task_is_raised() -> None:
+    """An error in a compiling process reaches the caller (here: a task index that does not
+    exist in the worker)."""
+    with pytest.raises(IndexError):
+        ops.compile_in_processes([len(ops.WARM_TASKS)], 1)
