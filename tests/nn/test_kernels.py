@@ -567,21 +567,26 @@ print("ok")
 """
 
 
-def test_helper_flags_do_not_follow_the_first_caller(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """In a fresh process with an empty compile cache, the exp helper first compiled for an
-    attention kernel (reassociating reductions) keeps its own strict arithmetic."""
+def _fresh_process(script: str, cache: str):  # type: ignore[no-untyped-def]
+    """Run `script` in a new Python with this checkout's npasr and an empty compile cache."""
     import os
     import subprocess
     import sys
 
     from . import REPO
 
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run(
-        [sys.executable, "-c", _FLAGS_SCRIPT], env=env, capture_output=True, text=True,
-        timeout=300, check=False,
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+        check=False,
     )  # fmt: skip
+
+
+def test_helper_flags_do_not_follow_the_first_caller(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """In a fresh process with an empty compile cache, the exp helper first compiled for an
+    attention kernel (reassociating reductions) keeps its own strict arithmetic."""
+    run = _fresh_process(_FLAGS_SCRIPT, str(tmp_path))
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
 
 
@@ -600,18 +605,7 @@ def test_compile_in_processes_fills_the_cache(tmp_path) -> None:  # type: ignore
     """`warmup(workers > 1)`'s compiling processes leave their kernels in the on-disk cache:
     after a worker ran the resampler's part, this process loads that kernel without compiling
     it (one cache hit, no miss), from a cache that was empty."""
-    import os
-    import subprocess
-    import sys
-
-    from . import REPO
-
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run(
-        [sys.executable, "-c", _WORKER_SCRIPT], env=env, capture_output=True, text=True,
-        timeout=300, check=False,
-    )  # fmt: skip
+    run = _fresh_process(_WORKER_SCRIPT, str(tmp_path))
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["1", "0"]
 
