@@ -708,13 +708,20 @@ def warmup(workers: int = 1) -> float:
     `npasr warmup` calls this once after installation so that the first transcription does not
     pay for compilation. workers > 1: the parts of WARM_TASKS are first compiled by that many
     fresh processes at once (`compile_in_processes`), then this process loads them all from the
-    cache (~0.6 s). workers = 1: everything is compiled here, one kernel after another.
+    cache (~0.6 s). workers = 1, or where worker processes fail to start or die (a warning
+    says so): everything is compiled here, one kernel after another. A compile error in a
+    worker is raised.
     """
     import time
+    from concurrent.futures.process import BrokenProcessPool
 
     t0 = time.perf_counter()
     if workers > 1:
-        compile_in_processes(list(range(len(WARM_TASKS))), min(workers, WARM_MAX_WORKERS))
+        try:
+            compile_in_processes(list(range(len(WARM_TASKS))), min(workers, WARM_MAX_WORKERS))
+        except (BrokenProcessPool, OSError) as e:  # no processes here (killed, not allowed)
+            warnings.warn(f"npasr: compiling in parallel processes failed ({e!r}); compiling "
+                          "the kernels in this process instead", stacklevel=2)  # fmt: skip
     for task in WARM_TASKS:
         task()
     return time.perf_counter() - t0

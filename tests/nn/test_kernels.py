@@ -649,3 +649,19 @@ def test_kernels_on_cpus_without_avx512(tmp_path, cpu: str) -> None:  # type: ig
     vector GEMV IR lowers to the narrower vectors, and every product keeps its parity bound."""
     run = _fresh_process(_OTHER_CPU_SCRIPT, str(tmp_path), NUMBA_CPU_NAME=cpu)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+def test_warmup_falls_back_to_this_process(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Worker processes that cannot start or die (a locked-down machine, the OOM killer) do not
+    stop the warmup: it warns and compiles everything in this process."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    def broken(tasks, workers):  # type: ignore[no-untyped-def]
+        raise BrokenProcessPool("a worker died")
+
+    monkeypatch.setattr(ops, "compile_in_processes", broken)
+    ran = []
+    monkeypatch.setattr(ops, "WARM_TASKS", (lambda: ran.append(1),) * 3)
+    with pytest.warns(UserWarning, match="compiling the kernels in this process instead"):
+        ops.warmup(workers=2)
+    assert ran == [1, 1, 1]
