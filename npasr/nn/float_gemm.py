@@ -133,49 +133,43 @@ def _tile_ir(builder, out_p, x_p, w_p, m0, p, k, ldx, ldo, rows: int, half: bool
     irutil.store_tile(builder, out_p, acc, m0, p, ldo)
 
 
-def _make_tile(half: bool):  # type: ignore[no-untyped-def]
-    """`tile(out, x, wp, m0, rows, p)`: rows <= MR rows of x from m0 times panel p of the flat
-    Panels array wp, written to out (M, P * NR); x (M, K) and out are C-contiguous."""
+@intrinsic
+def _tile(typingctx, out, x, wp, m0, rows, p):  # type: ignore[no-untyped-def]
+    """`_tile(out, x, wp, m0, rows, p)`: rows <= MR rows of x from m0 times panel p of the flat
+    Panels array wp, written to out (M, P * NR); x (M, K) and out are C-contiguous. wp holds
+    float32 values, or float16 ones as their uint16 bits: the IR follows wp's dtype, so a
+    kernel compiled for one dtype holds only that dtype's micro-kernel."""
+    sig = types.void(out, x, wp, m0, rows, p)
+    half = wp.dtype == types.uint16
 
-    def tile(typingctx, out, x, wp, m0, rows, p):  # type: ignore[no-untyped-def]
-        sig = types.void(out, x, wp, m0, rows, p)
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        (out_a, x_a, w_a), (m0_v, rows_v, p_v) = irutil.intrinsic_args(
+            context, builder, signature, args, 3
+        )
+        ldo = builder.sdiv(builder.extract_value(out_a.strides, 0), _i64(4))
+        ldx = builder.sdiv(builder.extract_value(x_a.strides, 0), _i64(4))
+        k = builder.extract_value(x_a.shape, 1)
+        irutil.row_switch(
+            builder,
+            rows_v,
+            MR,
+            lambda n: _tile_ir(
+                builder, out_a.data, x_a.data, w_a.data, m0_v, p_v, k, ldx, ldo, n, half
+            ),
+        )
+        return context.get_dummy_value()
 
-        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            (out_a, x_a, w_a), (m0_v, rows_v, p_v) = irutil.intrinsic_args(
-                context, builder, signature, args, 3
-            )
-            ldo = builder.sdiv(builder.extract_value(out_a.strides, 0), _i64(4))
-            ldx = builder.sdiv(builder.extract_value(x_a.strides, 0), _i64(4))
-            k = builder.extract_value(x_a.shape, 1)
-            irutil.row_switch(
-                builder,
-                rows_v,
-                MR,
-                lambda n: _tile_ir(
-                    builder, out_a.data, x_a.data, w_a.data, m0_v, p_v, k, ldx, ldo, n, half
-                ),
-            )
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return intrinsic(tile)
-
-
-_tile_f16, _tile_f32 = _make_tile(True), _make_tile(False)
+    return sig, codegen
 
 
 @nb.njit(parallel=True, **_JIT)
-def gemm_kernel(out, x, wp, half):  # type: ignore[no-untyped-def]
-    """out (M, P * NR) = x (M, K) @ the flat Panels array wp (P * K * NR,); prange over panels."""
+def gemm_kernel(out, x, wp):  # type: ignore[no-untyped-def]
+    """out (M, P * NR) = x (M, K) @ the flat Panels array wp (P * K * NR,), float32 or float16 as
+    uint16; prange over panels."""
     m = x.shape[0]
     for p in nb.prange(out.shape[1] // NR):
         for m0 in range(0, m, MR):
-            rows = min(MR, m - m0)
-            if half:
-                _tile_f16(out, x, wp, m0, rows, p)
-            else:
-                _tile_f32(out, x, wp, m0, rows, p)
+            _tile(out, x, wp, m0, min(MR, m - m0), p)
 
 
 def gemm(x: F32, w: Panels) -> F32:
@@ -188,8 +182,7 @@ def gemm(x: F32, w: Panels) -> F32:
     out = np.empty((m, n_pad), np.float32)
     if m and k:
         flat = w.wp.reshape(-1)
-        half = w.wp.dtype == np.float16
-        gemm_kernel(out, x, flat.view(np.uint16) if half else flat, half)
+        gemm_kernel(out, x, flat.view(np.uint16) if w.wp.dtype == np.float16 else flat)
     elif m:
         out[:] = 0
     return out if n_pad == w.n else np.ascontiguousarray(out[:, : w.n])
@@ -236,13 +229,14 @@ def attention_pack_kernel(kp, vp, k, v, n_k):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(parallel=True, **_JIT)
-def attention_kernel(out, q, kp, vp, mask, n_k, chunks, half=False):  # type: ignore[no-untyped-def]
+def attention_kernel(out, q, kp, vp, mask, n_k, chunks):  # type: ignore[no-untyped-def]
     """out (G, Tq, ceil(Dh / NR) * NR) = softmax(q k^T + mask) v per group, over the first n_k
-    keys; q (G, Tq, Dh) already scaled, kp / vp from `attention_pack`, mask (Tq, >= n_k) or (0, 0)
-    for none. Tasks of ATTENTION_ROWS query rows of one group, dealt round-robin to `chunks`
-    chunks (one per thread, each with its own scores buffer). A task makes its scores with the
-    micro-kernel (panel by panel, every row tile), exponentiates them in place, multiplies them by
-    the value panels, and divides each output row by its sum of exponentials."""
+    keys; q (G, Tq, Dh) already scaled, kp / vp from `attention_pack` (float32, or float16 as
+    uint16 bits: `_tile` follows the dtype), mask (Tq, >= n_k) or (0, 0) for none. Tasks of
+    ATTENTION_ROWS query rows of one group, dealt round-robin to `chunks` chunks (one per
+    thread, each with its own scores buffer). A task makes its scores with the micro-kernel
+    (panel by panel, every row tile), exponentiates them in place, multiplies them by the value
+    panels, and divides each output row by its sum of exponentials."""
     n_g, n_q, _ = q.shape
     n_kp = vp.shape[1] // out.shape[2]  # padded key count (out holds whole value panels)
     rows = ATTENTION_ROWS
@@ -258,10 +252,7 @@ def attention_kernel(out, q, kp, vp, mask, n_k, chunks, half=False):  # type: ig
             qb, ob = q[g, r0 : r0 + nr], out[g, r0 : r0 + nr]
             for p in range(n_kp // NR):
                 for m0 in range(0, nr, MR):
-                    if half:
-                        _tile_f16(s, qb, kp[g], m0, min(MR, nr - m0), p)
-                    else:
-                        _tile_f32(s, qb, kp[g], m0, min(MR, nr - m0), p)
+                    _tile(s, qb, kp[g], m0, min(MR, nr - m0), p)
             for i in range(nr):
                 row = s[i, :n_k]
                 if has_mask:
@@ -272,10 +263,7 @@ def attention_kernel(out, q, kp, vp, mask, n_k, chunks, half=False):  # type: ig
                     s[i, t] = 0.0
             for p in range(out.shape[2] // NR):
                 for m0 in range(0, nr, MR):
-                    if half:
-                        _tile_f16(ob, s[:nr], vp[g], m0, min(MR, nr - m0), p)
-                    else:
-                        _tile_f32(ob, s[:nr], vp[g], m0, min(MR, nr - m0), p)
+                    _tile(ob, s[:nr], vp[g], m0, min(MR, nr - m0), p)
             for i in range(nr):
                 for j in range(ob.shape[1]):
                     ob[i, j] *= inv[i]
@@ -330,5 +318,5 @@ def attention_packed(q: F32, kv: KeyPanels, mask: F32 | None = None) -> F32:
     m = np.empty((0, 0), np.float32) if mask is None else np.ascontiguousarray(mask, np.float32)
     half = kv.kp.dtype == np.float16
     kp, vp = (a.view(np.uint16) if half else a for a in (kv.kp, kv.vp))
-    attention_kernel(out, qs, kp, vp, m, kv.n_k, nb.get_num_threads(), half)
+    attention_kernel(out, qs, kp, vp, m, kv.n_k, nb.get_num_threads())
     return out if out.shape[2] == dh else out[..., :dh]

@@ -665,7 +665,7 @@ def _warm_gemv_serial() -> None:
 
 
 # `warmup`'s compile work in independent parts, the longest first (seconds each from an empty
-# cache on Zen 4, measured one part per process: 10.3, 6.8, 6.1, 4.8, 4.2, 2.8, 2.4, 2.1, 0.8), so
+# cache on Zen 4, measured one part per process: 7.1, 6.8, 6.1, 4.8, 4.2, 2.4, 2.1, 1.7, 0.8), so
 # that workers taking them in this order finish close together
 WARM_TASKS: tuple[Callable[[], None], ...] = (
     _warm_float_attention,
@@ -673,15 +673,15 @@ WARM_TASKS: tuple[Callable[[], None], ...] = (
     _warm_rows,
     _warm_attention,
     _warm_gemv_parallel,
-    _warm_float_gemm,
     _warm_gemv_serial,
     _warm_quantized,
+    _warm_float_gemm,
     _warm_audio,
 )
 
 
-# More compiling processes than this gain nothing: the longest part (10 s) bounds the time
-# once four share the ~40 s, and each process peaks at ~250 MB (Numba, LLVM, NumPy) while it runs.
+# More compiling processes than this gain little: the longest part (7 s) bounds the time once
+# four share the ~36 s, and each process peaks at ~250 MB (Numba, LLVM, NumPy) while it runs.
 WARM_MAX_WORKERS = 4
 
 
