@@ -58,6 +58,7 @@ __all__ = [
     "load_model",
     "set_num_threads",
     "transcribe",
+    "warmup",
 ]
 
 
@@ -87,3 +88,14 @@ def load_model(name_or_path: str | Path | None = None, *, threads: int | None = 
 def transcribe(audio: Any, model: str | Path | None = None, **options: Any) -> TranscriptionResult:
     """One-shot helper: load `model` (default: the bundled default) and transcribe `audio`."""
     return load_model(model).transcribe(audio, **options)
+
+
+def warmup(workers: int | None = None) -> float:
+    """Compile every Numba kernel now, in `workers` processes at once (default: one per CPU, up
+    to four), so that the first transcription does not compile them one at a time; returns the
+    seconds it took. Later processes load them from Numba's on-disk cache. It starts processes:
+    call it from a script's `if __name__ == "__main__":` block."""
+    from npasr.nn import ops
+    from npasr.threads import default_num_threads
+
+    return ops.warmup(workers=workers or default_num_threads())

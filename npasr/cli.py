@@ -291,11 +291,8 @@ def _kernel_stamp() -> str:
 
 
 def _compile_kernels(threads: int | None) -> float:
-    """ops.warmup with one compiling process per CPU (or per --threads), then the stamp."""
-    from npasr.nn import ops
-    from npasr.threads import default_num_threads
-
-    seconds = ops.warmup(workers=threads or default_num_threads())
+    """`npasr.warmup` with one compiling process per CPU (or per --threads), then the stamp."""
+    seconds = npasr.warmup(threads)
     try:
         path = _stamp_path()
         path.parent.mkdir(parents=True, exist_ok=True)

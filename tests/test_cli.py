@@ -497,3 +497,11 @@ def test_kernel_stamp_beside_numba_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("NUMBA_CACHE_DIR")
     monkeypatch.setenv("NPASR_CACHE_DIR", str(tmp_path / "npasr"))
     assert cli._stamp_path() == tmp_path / "npasr" / cli.KERNEL_STAMP
+
+
+def test_python_warmup_uses_every_cpu(warmups):
+    from npasr.threads import default_num_threads
+
+    assert npasr.warmup() == 1.5 and npasr.warmup(3) == 1.5
+    assert warmups == [default_num_threads(), 3]
+    assert "warmup" in npasr.__all__
