@@ -196,36 +196,58 @@ def gemm(x: F32, w: Panels) -> F32:
 ATTENTION_ROWS = 48
 
 
-def attention_pack(k: F32, v: F32, n_k: int) -> tuple[F32, F32]:
+def attention_pack(k: F32, v: F32, n_k: int, half: bool = False) -> tuple[F32, F32]:
     """Keys and values (G, T >= n_k, Dh), any strides, as the two panel arrays of
     `attention_kernel`: kp (G, P * Dh * NR), the keys as P = ceil(n_k / NR) panels of NR keys
     (the "weight" of q k^T), and vp (G, ceil(Dh / NR) * P * NR * NR), the values as panels of NR
-    head columns over the padded keys (the "weight" of p v); zeros pad both."""
+    head columns over the padded keys (the "weight" of p v); zeros pad both. half: float16
+    panels (each value rounded to nearest even, as NumPy's astype), else float32."""
     g, _, dh = k.shape
     p = -(-n_k // NR)
-    kp = np.empty((g, p, dh, NR), np.float32)
-    vp = np.empty((g, -(-dh // NR), p * NR, NR), np.float32)
-    attention_pack_kernel(kp, vp, k, v, n_k)
+    dtype = np.float16 if half else np.float32
+    kp = np.empty((g, p, dh, NR), dtype)
+    vp = np.empty((g, -(-dh // NR), p * NR, NR), dtype)
+    if half:  # written as their uint16 bits (Numba has no float16 arrays on CPU)
+        attention_pack_kernel(kp.view(np.uint16), vp.view(np.uint16), k, v, n_k)
+    else:
+        attention_pack_kernel(kp, vp, k, v, n_k)
     return kp.reshape(g, -1), vp.reshape(g, -1)
+
+
+@intrinsic
+def _stored(typingctx, x, arr):  # type: ignore[no-untyped-def]
+    """The float32 x as the array arr stores it: x itself for float32, for uint16 the bits of
+    x rounded to float16 (LLVM's fptrunc: nearest even, as NumPy's astype(np.float16))."""
+    half = arr.dtype == types.uint16
+    sig = (types.uint16 if half else types.float32)(x, arr)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        if not half:
+            return args[0]
+        return builder.bitcast(builder.fptrunc(args[0], _f16), ir.IntType(16))
+
+    return sig, codegen
 
 
 @nb.njit(**_JIT)
 def attention_pack_kernel(kp, vp, k, v, n_k):  # type: ignore[no-untyped-def]
-    """`attention_pack` into preallocated kp (G, P, Dh, NR) and vp (G, Q, P * NR, NR). Serial: a
-    few MB of copying (0.5 ms for Whisper base's 8 x 1500 x 64 keys and values), where a
-    parallel kernel compiled 3 s longer for each key layout."""
+    """`attention_pack` into preallocated kp (G, P, Dh, NR) and vp (G, Q, P * NR, NR), float32 or
+    float16 as uint16 bits (`_stored`). Serial: a few MB of copying (0.5 ms for Whisper base's
+    8 x 1500 x 64 keys and values), where a parallel kernel compiled 3 s longer for each key
+    layout."""
     dh = k.shape[2]
+    zero = np.float32(0.0)
     for g in range(k.shape[0]):
         for p in range(kp.shape[1]):
             for d in range(dh):
                 for c in range(NR):
                     t = p * NR + c
-                    kp[g, p, d, c] = k[g, t, d] if t < n_k else np.float32(0.0)
+                    kp[g, p, d, c] = _stored(k[g, t, d] if t < n_k else zero, kp)
         for p in range(vp.shape[1]):
             for t in range(vp.shape[2]):
                 for c in range(NR):
                     d = p * NR + c
-                    vp[g, p, t, c] = v[g, t, d] if t < n_k and d < dh else np.float32(0.0)
+                    vp[g, p, t, c] = _stored(v[g, t, d] if t < n_k and d < dh else zero, vp)
 
 
 @nb.njit(parallel=True, **_JIT)
@@ -285,9 +307,7 @@ def pack_keys(k: F32, v: F32, half: bool = False) -> KeyPanels:
     then exactly the f32 attention over the rounded keys and values."""
     if k.ndim != 3 or k.shape != v.shape:
         raise ValueError(f"pack_keys: k, v must be (G, T, Dh) alike, got {k.shape}, {v.shape}")
-    kp, vp = attention_pack(k, v, k.shape[1])
-    if half:
-        kp, vp = kp.astype(np.float16), vp.astype(np.float16)
+    kp, vp = attention_pack(k, v, k.shape[1], half)
     return KeyPanels(kp, vp, k.shape[1], k.shape[2])
 
 

@@ -306,6 +306,24 @@ def test_packed_keys_attention(case: tuple, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @needs_avx512
+def test_half_panels_round_as_numpy() -> None:
+    """Panels packed straight to float16 hold NumPy's astype(np.float16) of the float32 panels,
+    bit for bit: ties to even, subnormals, overflow to infinity, signed zeros."""
+    rng = np.random.default_rng(7)
+    k, v = (rng.standard_normal((3, 45, 40)).astype(np.float32) * 3 for _ in range(2))
+    h = np.float32(2.0**-11)  # half the spacing of float16 at 1: 1 + h is a tie
+    edge = [1 + h, 1 + 3 * h, -(1 + h), 65504.0, 65520.0, 1e6, -1e6, 2.0**-25, 3e-8, -0.0, 0.0]
+    k.reshape(-1)[: len(edge)] = edge
+    v.reshape(-1)[-len(edge) :] = edge
+    with np.errstate(over="ignore"):  # 1e6 becomes inf, as it must
+        want = [a.astype(np.float16) for a in float_gemm.attention_pack(k, v, 45)]
+    got = float_gemm.attention_pack(k, v, 45, half=True)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == np.float16
+        np.testing.assert_array_equal(g.view(np.uint16), w.view(np.uint16))
+
+
+@needs_avx512
 def test_packed_keys_reject_mismatched_inputs() -> None:
     _, k, v = _attn_data(4, 10, 64, 13)
     kv = ops.pack_keys(k, v)
