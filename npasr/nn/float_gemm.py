@@ -133,6 +133,12 @@ def _tile_ir(builder, out_p, x_p, w_p, m0, p, k, ldx, ldo, rows: int, half: bool
     irutil.store_tile(builder, out_p, acc, m0, p, ldo)
 
 
+def _bits(a: np.ndarray) -> np.ndarray:
+    """a float16 array as the uint16 view the kernels take (Numba has no float16 arrays on
+    CPU); any other array as it is."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
 @intrinsic
 def _tile(typingctx, out, x, wp, m0, rows, p):  # type: ignore[no-untyped-def]
     """`_tile(out, x, wp, m0, rows, p)`: rows <= MR rows of x from m0 times panel p of the flat
@@ -181,8 +187,7 @@ def gemm(x: F32, w: Panels) -> F32:
     n_pad = w.wp.shape[0] * NR
     out = np.empty((m, n_pad), np.float32)
     if m and k:
-        flat = w.wp.reshape(-1)
-        gemm_kernel(out, x, flat.view(np.uint16) if w.wp.dtype == np.float16 else flat)
+        gemm_kernel(out, x, _bits(w.wp.reshape(-1)))
     elif m:
         out[:] = 0
     return out if n_pad == w.n else np.ascontiguousarray(out[:, : w.n])
@@ -207,10 +212,7 @@ def attention_pack(k: F32, v: F32, n_k: int, half: bool = False) -> tuple[F32, F
     dtype = np.float16 if half else np.float32
     kp = np.empty((g, p, dh, NR), dtype)
     vp = np.empty((g, -(-dh // NR), p * NR, NR), dtype)
-    if half:  # written as their uint16 bits (Numba has no float16 arrays on CPU)
-        attention_pack_kernel(kp.view(np.uint16), vp.view(np.uint16), k, v, n_k)
-    else:
-        attention_pack_kernel(kp, vp, k, v, n_k)
+    attention_pack_kernel(_bits(kp), _bits(vp), k, v, n_k)
     return kp.reshape(g, -1), vp.reshape(g, -1)
 
 
@@ -336,7 +338,5 @@ def attention_packed(q: F32, kv: KeyPanels, mask: F32 | None = None) -> F32:
     np.multiply(q, np.float32(dh**-0.5), out=qs)  # scaled as ref.attention scales it
     out = np.empty((n_g, n_q, -(-dh // NR) * NR), np.float32)
     m = np.empty((0, 0), np.float32) if mask is None else np.ascontiguousarray(mask, np.float32)
-    half = kv.kp.dtype == np.float16
-    kp, vp = (a.view(np.uint16) if half else a for a in (kv.kp, kv.vp))
-    attention_kernel(out, qs, kp, vp, m, kv.n_k, nb.get_num_threads())
+    attention_kernel(out, qs, _bits(kv.kp), _bits(kv.vp), m, kv.n_k, nb.get_num_threads())
     return out if out.shape[2] == dh else out[..., :dh]
