@@ -93,7 +93,7 @@ def check_names_and_shapes(
 # Version of npasr's GGUF conventions and conversion rules, written as `npasr.format_version`.
 # Bump it whenever a converter would write a different file for the same source (a new storage
 # rule, a renamed key): the hub then rebuilds cached conversions made by older code.
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 
 # GGML ftype recorded in general.file_type (llama.h llama_ftype: 0 ALL_F32, 1 MOSTLY_F16,
 # 7 MOSTLY_Q8_0, 2 MOSTLY_Q4_0, 15 MOSTLY_Q4_K_M-like: Q4_K matrices)

@@ -29,9 +29,11 @@ def test_quantized_file_layout(tiny_en_gguf, wtype) -> None:
     f, ref = read_gguf(path), read_gguf(tiny_en_gguf)
     four_bit = {"q8_0": set(), "q4_0": {GGMLType.Q4_0}, "q4_k": {GGMLType.Q4_K, GGMLType.Q5_0}}
     quantized = {k: t for k, t in f.tensors.items() if isinstance(t, RawTensor)}
-    # every attention/MLP matrix is quantized; embeddings, convs, norms, biases are not
+    # every attention/MLP matrix and the token embedding (Q8_0 in every type) are quantized;
+    # positional embeddings, convs, norms, biases are not
     expected = {k for k, t in ref.tensors.items() if t.ndim == 2 and ("attn" in k or ".mlp." in k)}
-    assert set(quantized) == expected
+    assert set(quantized) == expected | {"decoder.token_embedding.weight"}
+    assert isinstance(f.tensors["encoder.conv1.weight"], np.ndarray)
     for k, t in quantized.items():  # 4-bit files: only the encoder MLPs are 4-bit
         enc_mlp = k.startswith("encoder.") and ".mlp." in k
         want = four_bit[wtype] if enc_mlp and wtype != "q8_0" else {GGMLType.Q8_0}
@@ -84,8 +86,8 @@ def test_4bit_keeps_the_words(wtype) -> None:
 
 @pytest.mark.weights
 def test_quantized_token_embedding_equals_its_dequantized_table(tiny_f16) -> None:
-    """A file may carry a quantized embedding (npasr keeps it f16, other writers may not): the
-    row lookup and the tied logits must equal those of the dequantized float table."""
+    """A quantized embedding (npasr's quantized files store it Q8_0): the row lookup and the
+    tied logits must equal those of the dequantized float table."""
     import copy
 
     from npasr.models.whisper.model import KVCache
@@ -105,6 +107,31 @@ def test_quantized_token_embedding_equals_its_dequantized_table(tiny_f16) -> Non
     np.testing.assert_allclose(hq, hf, rtol=0, atol=1e-5)
     lq, lf = dec_q.logits(hq[0]), dec_f.logits(hf[0])
     assert np.abs(lq - lf).max() <= 1e-3 * np.abs(lf).max()
+
+
+@pytest.mark.weights
+def test_format_6_quantized_file_with_f16_embedding(tiny_en_gguf) -> None:
+    """Quantized files of format 6 and older keep the token embedding in f16: such a model
+    looks rows up in f16 and makes a Q8_0 copy of the table for the tied output projection."""
+    from npasr.models.whisper.model import Whisper, _embedding_rows
+
+    q8, f16 = read_gguf(hub.resolve("whisper-tiny.en", wtype="q8_0")), read_gguf(tiny_en_gguf)
+    name = "decoder.token_embedding.weight"
+    tensors = {**q8.tensors, name: f16.tensors[name]}
+    dec = Whisper.load(tensors, WhisperModel.from_gguf(f16).config, origin="format 6").decoder
+    table = np.asarray(f16.tensors[name], np.float32)
+    assert dec.output is not None and dec.token_embedding.dtype == np.float16
+    ids = np.array([[50257, 843, 523]])
+    np.testing.assert_array_equal(_embedding_rows(dec.token_embedding, ids), table[ids])
+    h = np.random.default_rng(1).standard_normal((2, table.shape[1])).astype(np.float32)
+    want = h @ table.T
+    # the GEMV rounds each weight and each activation (int8, blocks of 32) by at most half a
+    # step, max|block| / 254; the product of the two roundings is below 1e-4 of either
+    def step(a: np.ndarray) -> np.ndarray:
+        return np.abs(a).reshape(len(a), -1, 32).max(-1).repeat(32, 1) / 254
+
+    bound = np.abs(h) @ step(table).T + step(h) @ np.abs(table).T
+    assert (np.abs(dec.logits(h) - want) <= bound * 1.0001 + 1e-4).all()
 
 
 @pytest.mark.weights

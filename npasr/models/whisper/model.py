@@ -281,10 +281,9 @@ class TextDecoder:
     positional_embedding: F32  # (n_text_ctx, D) learned
     blocks: list[ResidualAttentionBlock]
     ln: LayerNorm
-    # Quantized models: a Q8_0 copy of the f16 table for the output projection only (half the
-    # bytes every step reads; measured on the 5-minute file: tiny.en 6.0 -> 5.3 s, base 11.5
-    # -> 11.0 s, transcripts unchanged). The input lookup keeps the f16 rows: a Q8_0 table for
-    # both had changed a word on tiny.en ("ill-disposed").
+    # A quantized model whose file keeps an f16 table (npasr format 6 and older, other writers):
+    # a Q8_0 copy of it for the output projection only (half the bytes every step reads), the
+    # input lookup keeps the f16 rows. Newer quantized files store the table as Q8_0 itself.
     output: Packed | None = None
 
     @property
