@@ -24,7 +24,7 @@ import numpy as np
 
 from npasr.io.weights import Weights
 from npasr.nn import ops, ref
-from npasr.nn.layers import BatchNorm1d, LayerNorm, Linear
+from npasr.nn.layers import BatchNorm1d, LayerNorm, Linear, linears
 from npasr.types import F32
 
 
@@ -236,7 +236,10 @@ class ConformerStack:
 
     @classmethod
     def load(cls, w: Weights, cfg: ConformerConfig) -> ConformerStack:
-        return cls([ConformerLayer.load(w.sub(i), cfg) for i in range(cfg.n_layers)], cfg)
+        stack = cls([ConformerLayer.load(w.sub(i), cfg) for i in range(cfg.n_layers)], cfg)
+        for lin in linears(stack):  # every matrix here multiplies all frames at once
+            lin.prepare_gemm()
+        return stack
 
     def positions(self, t: int) -> object:
         if self.cfg.self_attention_model == "rotary":

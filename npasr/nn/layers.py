@@ -11,7 +11,8 @@ Quantized weights stay `QTensor`s in every case (`ops.linear` dispatches).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, is_dataclass
 
 import numpy as np
 
@@ -56,6 +57,12 @@ class Linear:
         """Build the decoding (few-row) kernel layout now rather than on the first step."""
         if isinstance(self.weight, QTensor):
             self.weight.repack()
+
+    def prepare_gemm(self) -> None:
+        """Build the encoder (many-row) kernel layout now rather than on the first call, so a
+        model's load leaves nothing more to read from its file (`GGUFFile.release_pages`)."""
+        if isinstance(self.weight, QTensor):
+            ops.prepare_gemm(self.weight)
 
     @classmethod
     def stack(cls, parts: list[Linear]) -> Linear:
@@ -171,3 +178,15 @@ class LSTM:
             cs.append(c)
             x = h
         return x, (np.stack(hs), np.stack(cs))
+
+
+def linears(part: object) -> Iterator[Linear]:
+    """Every `Linear` inside a model part: its dataclass fields and lists of parts, depth first."""
+    if isinstance(part, Linear):
+        yield part
+    elif isinstance(part, list):
+        for p in part:
+            yield from linears(p)
+    elif is_dataclass(part) and not isinstance(part, type):
+        for f in fields(part):
+            yield from linears(getattr(part, f.name))

@@ -210,6 +210,13 @@ def linear(x: F32, w: F32 | QTensor | float_gemm.Panels, b: F32 | None = None) -
     return y
 
 
+def prepare_gemm(w: QTensor) -> None:
+    """Build now the layout `linear` multiplies many rows of w from (the int8 GEMM's panels,
+    else the tile loop's `Packed`), which it would otherwise build on its first call."""
+    if not (int8_gemm.available() and int8_gemm.gemm_pack(w) is not None):
+        w.repack()
+
+
 def _linear_q(x: F32, w: QTensor) -> F32:
     """x (M, K) @ w.T for a QTensor, by the dispatch in the module docstring."""
     # int8 GEMM first for many rows or a large 4-bit weight: it keeps its own layout (None: no

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 
 import numpy as np
@@ -86,6 +87,34 @@ def test_zero_copy(small):
     assert len(roots) == 1  # every tensor is a view of the same file mapping
     for a in g.tensors.values():
         assert isinstance(a, np.memmap) and not a.flags.writeable
+
+
+def _resident_kib(path) -> int:
+    """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        lines = f.readlines()
+    for line in lines:
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_release_pages_drops_residency_not_values(tmp_path):
+    """After `release_pages` the file's pages no longer count in this process's RSS, and every
+    tensor still reads the same values (its pages come back from the page cache)."""
+    big = np.random.default_rng(1).standard_normal((1024, 1024)).astype(np.float32)  # 4 MiB
+    path = write_gguf(tmp_path / "big.gguf", "whisper", {}, {"w": big})
+    g = read_gguf(path)
+    assert float(np.asarray(g.tensors["w"]).sum()) == float(big.sum())  # every page touched
+    assert _resident_kib(path) >= 4096
+    g.release_pages()
+    assert _resident_kib(path) < 512
+    np.testing.assert_array_equal(g.tensors["w"], big)
 
 
 def test_raw_tensor_round_trip(tmp_path):

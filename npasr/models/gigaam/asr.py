@@ -80,6 +80,7 @@ class GigaAMModel:
         sp = f.get("tokenizer.sentencepiece.model")
         blob = None if sp is None else np.asarray(sp, np.uint8).tobytes()
         model = GigaAM.load(f.tensors, cfg, origin=str(f.path))  # quantized matrices stay so
+        f.release_pages()  # the quantized weights were repacked: their file pages are spent
         return cls(model, Tokenizer(tokens, blob), name=str(f.get("general.name", "gigaam")))
 
     # ------------------------------------------------------------------ encoder over any length

@@ -49,6 +49,7 @@ class WhisperModel:
             tokens, multilingual=cfg.is_multilingual, num_languages=cfg.num_languages
         )
         model = Whisper.load(f.tensors, cfg, origin=str(f.path))
+        f.release_pages()  # the quantized weights were repacked: their file pages are spent
         heads = f.get("whisper.alignment_heads")
         if heads:
             model.alignment_heads = np.asarray(heads, np.int32).reshape(-1, 2)

@@ -19,7 +19,7 @@ from npasr.io.gguf import RawTensor
 from npasr.io.weights import Weights
 from npasr.models.whisper.config import WhisperConfig
 from npasr.nn import int8_gemm, ops
-from npasr.nn.layers import Conv1d, LayerNorm, Linear
+from npasr.nn.layers import Conv1d, LayerNorm, Linear, linears
 from npasr.nn.quant import Packed, QTensor
 from npasr.types import F16, F32, ModelFileError
 
@@ -146,7 +146,7 @@ class AudioEncoder:
     @classmethod
     def load(cls, w: Weights, cfg: WhisperConfig) -> AudioEncoder:
         d = cfg.n_audio_state
-        return cls(
+        encoder = cls(
             Conv1d.load(w.sub("conv1"), stride=1, padding=1),
             Conv1d.load(w.sub("conv2"), stride=2, padding=1),
             w.f32("positional_embedding", (cfg.n_audio_ctx, d)),
@@ -156,6 +156,9 @@ class AudioEncoder:
             ],
             LayerNorm.load(w.sub("ln_post")),
         )
+        for lin in linears(encoder.blocks):  # every matrix here multiplies all frames at once
+            lin.prepare_gemm()
+        return encoder
 
     def __call__(self, mel: F32) -> F32:
         """mel (n_mels, 3000) -> audio features (n_audio_ctx, D)."""
@@ -319,6 +322,8 @@ class TextDecoder:
             assert cross is not None
             for lin in (blk.attn.qkv, blk.attn.out, cross.query, cross.out, *blk.mlp.layers()):
                 lin.prepare_gemv()
+            cross.key.prepare_gemm()  # once per window, over all its audio frames
+            cross.value.prepare_gemm()
         output = None
         if isinstance(table, np.ndarray) and isinstance(blocks[0].mlp.fc1.weight, QTensor):
             output = int8_gemm.quantize_q8_0(table)
