@@ -1,0 +1,184 @@
+"""CUDA kernels (npasr.nn.cuda_kernels) in Numba's CUDA simulator, against the NumPy references.
+
+The simulator must be chosen before numba is imported, so all checks run in one fresh process
+(`_SCRIPT`, NUMBA_ENABLE_CUDASIM=1) that prints one JSON record per check: `ratio`, the largest
+|kernel - reference| / tolerance (<= 1 passes), or for the dequantize checks the number of values
+that differ. Shapes are tiny (the simulator runs each GPU thread as a Python thread) but cover
+partial tiles, partial row groups and more than MAX_M activation rows.
+
+Tolerances, with u = 2^-24 and gamma(n) = n u / (1 - n u), the bound on the relative error of a
+float32 sum of n terms in any order (Higham, Accuracy and Stability, 3.1):
+* GEMV: gamma(K + 2) (|x| @ (|w| + 2 |o|).T) + (gamma(K) + u) (|x| @ |w|.T). The kernel sums the
+  exact products v x and x (v is a small integer) per block, scales them by s and o and adds the
+  blocks and threads up: a sum of at most K + 2 rounding steps over terms |s v x| + |o x| <=
+  (|w| + 2 |o|) |x| (|s v| <= |w| + |o|). The reference multiplies by the rounded w = fl(s v - o)
+  (u |w| from the exact s v - o) and sums K products in BLAS order (gamma(K)).
+* dequantize: bit-exact (scale * v is exact, so one rounding in both).
+* GEMM: 2 gamma(K) (|x| @ |w|.T): two K-term sums in different orders.
+* softmax: (18 u + gamma(dk) + gamma(D)) p_ref, dk = ceil(D / threads) + log2(threads) the
+  kernel's summation depth: per exp 2 ulp (<= 4 u relative) on each side, the positive sums'
+  gamma plus the exps' error, one rounding in the division.
+* gelu: 6 u |x|: erf within 2 ulp (<= 2 u absolute, |erf| <= 1) in each, times 0.5 |x|; the
+  roundings of 1 + erf (<= 2 u absolute) and of the final product (<= u |y| <= u |x|) in each.
+* layer_norm: with e = gamma(dk) + gamma(D) + 4 u, dmu = e mean|x| (both means), dvar = (e + 4 u)
+  var + 2 dmu mean|xc| and dz = (dmu + 2 u |xc|) / sd + |z| (dvar / (2 (var + eps)) + 4 u):
+  |g| dz + 4 u (|g z| + |b|), the first-order propagation of the two sums' errors through
+  (x - mu) / sqrt(var + eps) * g + b.
+The negative check scales one block of a Q4_0 weight by 1.01 and expects the GEMV bound to fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from . import REPO
+
+_SCRIPT = r"""
+import json, math
+import npasr
+import numpy as np
+from npasr.io.gguf import GGMLType
+from npasr.nn import cuda_kernels as ck, quant, ref
+
+assert ck.available()
+U = 2.0**-24
+rng = np.random.default_rng(0)
+out = {}
+
+
+def gamma(n):
+    return n * U / (1 - n * U)
+
+
+def rand(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def ratio(got, want, tol):
+    return float((np.abs(got.astype(np.float64) - want) / tol).max())
+
+
+def offsets(p, k):  # the packed offset expanded to (N, K), zeros where it is None
+    o = np.zeros(p.scale.shape, np.float32) if p.offset is None else p.offset
+    return np.repeat(np.abs(o.astype(np.float64)), 32, axis=1)[:, :k]
+
+
+def gemv_ratio(x, q, dw, **kw):
+    w = q.dequantize().astype(np.float64)
+    ax, o = np.abs(x.astype(np.float64)), offsets(q.repack(), w.shape[1])
+    k = w.shape[1]
+    tol = gamma(k + 2) * (ax @ (np.abs(w) + 2 * o).T) + (gamma(k) + U) * (ax @ np.abs(w).T)
+    got = ck.gemv(x, dw, **kw).copy_to_host()
+    return ratio(got, x @ q.dequantize().T, tol + 1e-30)
+
+
+for qt, k in ((GGMLType.Q8_0, 96), (GGMLType.Q4_0, 96), (GGMLType.Q4_K, 256)):
+    q = quant.quantize(rand(7, k), qt)  # 7 rows: 3 full pairs and a partial one
+    dw = ck.DeviceWeight.upload(q)
+    for m in (1, 3):
+        x = rand(m, k, scale=2.0)
+        out[f"gemv_{qt.name}_m{m}"] = gemv_ratio(x, q, dw, rows_per_block=2, threads_per_row=16)
+    d = ck.dequantize(dw).copy_to_host()
+    out[f"dequantize_{qt.name}"] = int((d != q.dequantize()).sum())
+    d = ck.dequantize(dw, 2, 5).copy_to_host()
+    out[f"dequantize_rows_{qt.name}"] = int((d != q.dequantize_rows(2, 5)).sum())
+
+q = quant.quantize(rand(10, 64), GGMLType.Q4_0)  # default launch: 4 rows x 32 threads
+out["gemv_Q4_0_m9_default"] = gemv_ratio(rand(9, 64), q, ck.DeviceWeight.upload(q))
+
+p = q.repack()  # one block's scale off by 1%: the bound must catch it
+bad = p._replace(scale=p.scale.copy())
+bad.scale[3, 1] *= np.float32(1.01)
+out["negative_gemv_bad_scale"] = gemv_ratio(rand(2, 64), q, ck.DeviceWeight.upload(bad))
+
+x, w = rand(37, 45), rand(29, 45)  # no dimension a multiple of any tile
+tol = 2 * gamma(45) * (np.abs(x.astype(np.float64)) @ np.abs(w.T)) + 1e-30
+got = ck.gemm(x, w, threads=4, micro=2, bk=8).copy_to_host()
+out["gemm_small_tiles"] = ratio(got, x @ w.T, tol)
+out["gemm_default_tiles"] = ratio(ck.gemm(x, w).copy_to_host(), x @ w.T, tol)
+
+nt, d = 32, 70
+x = rand(2, 3, d, scale=3.0) + np.float32(1.5)
+g, b = rand(d), rand(d)
+dk, xd = math.ceil(d / nt) + math.log2(nt), x.astype(np.float64)
+e = gamma(dk) + gamma(d) + 4 * U
+mu = xd.mean(-1, keepdims=True)
+xc = xd - mu
+var = (xc * xc).mean(-1, keepdims=True)
+sd = np.sqrt(var + 1e-5)
+dmu = e * np.abs(xd).mean(-1, keepdims=True)
+dvar = (e + 4 * U) * var + 2 * dmu * np.abs(xc).mean(-1, keepdims=True)
+dz = (dmu + 2 * U * np.abs(xc)) / sd + np.abs(xc / sd) * (dvar / (2 * (var + 1e-5)) + 4 * U)
+tol = np.abs(g) * dz + 4 * U * (np.abs(g * xc / sd) + np.abs(b))
+got = ck.layer_norm(x, g, b, threads=nt).copy_to_host()
+out["layer_norm"] = ratio(got, ref.layer_norm(x, g, b), tol)
+
+x = rand(3, d, scale=10.0)
+want = ref.softmax(x)
+tol = (18 * U + gamma(dk) + gamma(d)) * want.astype(np.float64) + 1e-30
+out["softmax"] = ratio(ck.softmax(x, threads=nt).copy_to_host(), want, tol)
+
+x = np.concatenate([rand(200, scale=4.0), np.float32([0.0, -10.0, 10.0, -30.0])]).reshape(4, 51)
+want = ref.gelu(x)
+out["gelu"] = ratio(ck.gelu(x, threads=64).copy_to_host(), want, 6 * U * np.abs(x) + 1e-45)
+print(json.dumps(out))
+"""
+
+
+def _simulate(script: str) -> dict[str, float]:
+    """Run `script` in a fresh Python on the CUDA simulator; it prints a JSON object last."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, float]:
+    return _simulate(_SCRIPT)
+
+
+CHECKS = [
+    *(f"gemv_{t}_m{m}" for t in ("Q8_0", "Q4_0", "Q4_K") for m in (1, 3)),
+    "gemv_Q4_0_m9_default",
+    "gemm_small_tiles",
+    "gemm_default_tiles",
+    "layer_norm",
+    "softmax",
+    "gelu",
+]
+EXACT = [f"dequantize{r}_{t}" for t in ("Q8_0", "Q4_0", "Q4_K") for r in ("", "_rows")]
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_within_bound(results: dict[str, float], name: str) -> None:
+    assert results[name] <= 1.0, f"{name}: error / bound = {results[name]:.3g}"
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_dequantize_is_exact(results: dict[str, float], name: str) -> None:
+    assert results[name] == 0, f"{name}: {results[name]} values differ"
+
+
+def test_the_bound_catches_a_wrong_scale(results: dict[str, float]) -> None:
+    assert results["negative_gemv_bad_scale"] > 1.0
+
+
+def test_every_check_ran(results: dict[str, float]) -> None:
+    assert set(results) == {*CHECKS, *EXACT, "negative_gemv_bad_scale"}
+
+
+def test_available_never_raises() -> None:
+    """Without a GPU (and without the simulator) `available` answers False instead of raising."""
+    from npasr.nn import cuda_kernels
+
+    assert isinstance(cuda_kernels.available(), bool)
