@@ -30,13 +30,10 @@ The negative check scales one block of a Q4_0 weight by 1.01 and expects the GEM
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from . import REPO
+from . import run_fresh
 
 _SCRIPT = r"""
 import json, math
@@ -132,12 +129,7 @@ print(json.dumps(out))
 
 def _simulate(script: str) -> dict[str, float]:
     """Run `script` in a fresh Python on the CUDA simulator; it prints a JSON object last."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
-        check=False,
-    )  # fmt: skip
+    run = run_fresh(script, NUMBA_ENABLE_CUDASIM="1")
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 

@@ -570,18 +570,9 @@ print("ok")
 def _fresh_process(script: str, cache: str, **env_vars: str):  # type: ignore[no-untyped-def]
     """Run `script` in a new Python with this checkout's npasr, an empty compile cache and
     `env_vars` added to the environment."""
-    import os
-    import subprocess
-    import sys
+    from . import run_fresh
 
-    from . import REPO
-
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache, **env_vars)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
-        check=False,
-    )  # fmt: skip
+    return run_fresh(script, NUMBA_CACHE_DIR=cache, **env_vars)
 
 
 def test_helper_flags_do_not_follow_the_first_caller(tmp_path) -> None:  # type: ignore[no-untyped-def]
