@@ -16,7 +16,10 @@ derived in tests/nn/test_cuda_kernels.py) or, for dequantize, the number of diff
 Times are the median over --reps of cuda-event intervals around --inner back-to-back calls of
 the host wrapper, divided by --inner; they include Python launch overhead, reported separately
 as `launch_us` (an empty kernel timed the same way). GB/s counts the bytes a kernel must move
-(weights + activations in and out), GFLOP/s 2 M N K. Exit status 1 if any check fails.
+(weights + activations in and out), GFLOP/s 2 M N K. Where PyTorch with CUDA is importable, each
+GEMV and GEMM is also timed as PyTorch's float32 product of the same shape on the same GPU
+(cuBLAS, TF32 off) and printed as `x_torch_f32`, our time over its (a quantized GEMV reads ~1.1
+or ~0.6 bytes a weight against float32's 4). Exit status 1 if any check fails.
 """
 
 from __future__ import annotations
@@ -134,13 +137,15 @@ class Bench:
     def record(self, op: str, shape: str, ok: bool, fn, nbytes=0, flops=0, **info) -> None:  # type: ignore[no-untyped-def]
         ms = self.time_ms(fn)
         rec = {"op": op, "shape": shape, "ok": bool(ok), "ms": ms, **info}
+        if info.get("torch_f32_ms"):
+            rec["x_torch_f32"] = round(ms / info["torch_f32_ms"], 3)
         if ms > 0:
             rec["GB/s"] = round(nbytes / ms / 1e6, 1) if nbytes else None
             rec["GFLOP/s"] = round(flops / ms / 1e6, 1) if flops else None
         self.records.append(rec)
         rate = rec.get("GFLOP/s") or rec.get("GB/s")
         unit = "GFLOP/s" if rec.get("GFLOP/s") else "GB/s"
-        check = {k: v for k, v in info.items() if k in ("ratio", "mismatches")}
+        check = {k: v for k, v in rec.items() if k in ("ratio", "mismatches", "x_torch_f32")}
         print(
             f"{'ok  ' if ok else 'FAIL'} {op:<11} {shape:<34} {check}  {ms * 1e3:9.1f} us"
             + (f"  {rate:9.1f} {unit}" if rate else ""),
@@ -155,6 +160,53 @@ def device_name() -> str:
         return f"{name} (cc {dev.compute_capability[0]}.{dev.compute_capability[1]})"
     except AttributeError:
         return "numba CUDA simulator"
+
+
+class TorchPeer:
+    """The same products in PyTorch on the same GPU (cuBLAS, float32, TF32 off), timed the same
+    way, where torch with CUDA is importable (the device image has it); else every call is
+    skipped. A failure here is reported in the record, never fails a check."""
+
+    def __init__(self, bench: Bench, sim: bool) -> None:
+        self.bench, self.torch = bench, None
+        if sim:
+            return
+        try:
+            import torch  # noqa: PLC0415 (a bench extra, not a dependency)
+
+            if torch.cuda.is_available():
+                torch.backends.cuda.matmul.allow_tf32 = False
+                self.torch = torch
+        except Exception as e:  # noqa: BLE001
+            print(f"no torch peer: {e}", flush=True)
+
+    def matmul_ms(self, m: int, n: int, k: int) -> dict:
+        """ms of x (m, k) @ w (n, k).T in float32 on the GPU, as {"torch_ms": ...}."""
+        if self.torch is None:
+            return {}
+        try:
+            t = self.torch
+            x = t.randn(m, k, device="cuda")
+            w = t.randn(n, k, device="cuda")
+            y = t.empty(m, n, device="cuda")
+
+            def run() -> None:
+                t.matmul(x, w.T, out=y)
+
+            run()
+            t.cuda.synchronize()
+            times = []
+            for _ in range(self.bench.reps):
+                e0, e1 = t.cuda.Event(enable_timing=True), t.cuda.Event(enable_timing=True)
+                e0.record()
+                for _ in range(self.bench.inner):
+                    run()
+                e1.record()
+                e1.synchronize()
+                times.append(e0.elapsed_time(e1) / self.bench.inner)
+            return {"torch_f32_ms": float(np.median(times))}
+        except Exception as e:  # noqa: BLE001
+            return {"torch_error": repr(e)[:200]}
 
 
 def quantized_sources(shape: tuple[int, int]) -> dict[GGMLType, quant.QTensor]:
@@ -183,6 +235,7 @@ def run(args: argparse.Namespace) -> dict:
         pass
 
     launch_ms = bench.time_ms(nop[1, 32])
+    peer = TorchPeer(bench, sim)
     print(f"launch overhead (empty kernel): {launch_ms * 1e3:.1f} us", flush=True)
 
     t = time.perf_counter()
@@ -201,6 +254,7 @@ def run(args: argparse.Namespace) -> dict:
                 bench.record(
                     "gemv", f"{qt.name} {name} M={m}", r <= 1, partial(ck.gemv, xd, dw, out=y),
                     nbytes=dw.nbytes + 4 * m * (k + n), flops=0, ratio=round(r, 5),
+                    **peer.matmul_ms(m, n, k),
                 )  # fmt: skip
             out = cuda.device_array((n, k), np.float32)
             bad = int((ck.dequantize(dw, out=out).copy_to_host() != w).sum())
@@ -217,7 +271,7 @@ def run(args: argparse.Namespace) -> dict:
         r = ratio(ck.gemm(xd, wd, out=y).copy_to_host(), x @ w.T, tol)
         bench.record(
             "gemm", f"{m}x{k} @ ({n}x{k}).T", r <= 1, partial(ck.gemm, xd, wd, out=y),
-            flops=2 * m * n * k, ratio=round(r, 5),
+            flops=2 * m * n * k, ratio=round(r, 5), **peer.matmul_ms(m, n, k),
         )  # fmt: skip
 
     for rows, d in cfg.get("rows", ROWS):
