@@ -137,40 +137,42 @@ def _gemv_kernel(kind: str, rows: int, tx: int):  # type: ignore[no-untyped-def]
         - offset[n, b] * xsum[m, b], for M = x.shape[0] <= MAX_M rows.
 
         Block (tx, rows): threadIdx.y picks the output row n = blockIdx.x * rows + threadIdx.y,
-        its tx threads stride over the row's K / 32 blocks, each widening a block's words once
-        for all M activation rows, and a shared-memory tree sums the tx partial sums.
+        and its tx threads stride over the row's int32 words, thread t taking words t, t + tx,
+        ...: at each step the tx threads read tx consecutive words (one 128-byte line for 32
+        threads) and the activations under them. Each word's products (4 values, 8 for "u4")
+        are summed, scaled by their block's scale and added per activation row; the thread that
+        reads a block's first word also takes its offset term. A shared-memory tree then sums
+        the tx partial sums.
         """
         t = cuda.threadIdx.x
         r = cuda.threadIdx.y
         n = cuda.blockIdx.x * rows + r
         n_m = x.shape[0]
         acc = cuda.local.array(MAX_M, float32)
-        dot = cuda.local.array(MAX_M, float32)
+        v = cuda.local.array(8, float32)  # the word's values: 4 ("i8") or 8 ("u4")
         for m in range(MAX_M):
             acc[m] = float32(0.0)
         if n < y.shape[1]:
-            for b in range(t, scale.shape[1], tx):
-                for m in range(n_m):
-                    dot[m] = float32(0.0)
-                for q in range(words):
-                    wd = qs[n, b * words + q]
-                    for i in range(4):
-                        if is_i8:
-                            u = (wd >> (8 * i)) & 255
-                            v = float32(u - ((u & 128) << 1))  # the signed byte
-                            c = b * QB + 4 * q + i
-                            for m in range(n_m):
-                                dot[m] += v * x[m, c]
-                        else:
-                            lo = float32((wd >> (8 * i)) & 15)
-                            hi = float32((wd >> (8 * i + 4)) & 15)
-                            c = b * QB + 4 * q + i
-                            for m in range(n_m):
-                                dot[m] += lo * x[m, c] + hi * x[m, c + 16]
+            for qg in range(t, qs.shape[1], tx):
+                b = qg // words
+                wd = qs[n, qg]
                 s = scale[n, b]
+                c = b * QB + 4 * (qg - b * words)  # x column of the word's first value
+                for i in range(4):
+                    if is_i8:
+                        u = (wd >> (8 * i)) & 255
+                        v[i] = float32(u - ((u & 128) << 1))  # the signed byte
+                    else:
+                        v[i] = float32((wd >> (8 * i)) & 15)
+                        v[i + 4] = float32((wd >> (8 * i + 4)) & 15)  # value 16 + 4 q + i
                 for m in range(n_m):
-                    acc[m] += s * dot[m]
-                if has_offset:
+                    d = float32(0.0)
+                    for i in range(4):
+                        d += v[i] * x[m, c + i]
+                        if not is_i8:
+                            d += v[i + 4] * x[m, c + 16 + i]
+                    acc[m] += s * d
+                if has_offset and qg == b * words:
                     o = offset[n, b]
                     for m in range(n_m):
                         acc[m] -= o * xsum[m, b]
