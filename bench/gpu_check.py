@@ -8,6 +8,11 @@ scipy: gelu's reference falls back to math.erf in float64 where scipy is absent)
     python bench/gpu_check.py --json bench/out/gpu_check.json
     python bench/gpu_check.py --sim          # the same code on tiny shapes in Numba's simulator
 
+Last, the Whisper encoder (`models.whisper.gpu`) at tiny.en and base sizes with random float32
+and Q8_0 weights: GPU against the CPU encoder's exact float path (the bound of
+tests/models/test_whisper_gpu.py), and its time (host convolutions and copies included) against
+the CPU encoder's default path (`x_cpu`).
+
 Shapes: Whisper base (D 512, MLP 2048) and Parakeet/FastConformer (D 1024, FF 4096) linears and
 a 4096 x 4096 weight, for the quantized GEMV (M = 1 and 4 activation rows) and dequantize in
 Q8_0, Q4_0 and Q4_K; the encoder GEMM at 1500 frames; layer_norm, softmax and gelu at encoder
@@ -65,7 +70,11 @@ ROWS = [(1500, 512), (1500, 1024)]  # layer_norm
 SOFTMAX = [(8 * 1500, 1500), (8, 1500)]  # encoder attention scores, decoder step
 GELU = [(1500, 2048), (1500, 4096)]
 GEMV_M = (1, 4)
+# Whisper encoders at real size with random weights: (name, mels, D, heads, layers), 1500 frames
+ENCODERS = [("tiny.en", 80, 384, 6, 4), ("base", 80, 512, 8, 6)]
 SIM = {  # tiny shapes for --sim
+    "encoders": [("tiny random", 8, 32, 2, 2)],
+    "encoder_t": 8,
     "source": (16, 256),
     "linears": [("tiny 10x256", 10, 256)],
     "gemms": [(37, 45, 29)],
@@ -139,13 +148,17 @@ class Bench:
         rec = {"op": op, "shape": shape, "ok": bool(ok), "ms": ms, **info}
         if info.get("torch_f32_ms"):
             rec["x_torch_f32"] = round(ms / info["torch_f32_ms"], 3)
+        if info.get("cpu_ms"):
+            rec["x_cpu"] = round(ms / info["cpu_ms"], 4)
         if ms > 0:
             rec["GB/s"] = round(nbytes / ms / 1e6, 1) if nbytes else None
             rec["GFLOP/s"] = round(flops / ms / 1e6, 1) if flops else None
         self.records.append(rec)
         rate = rec.get("GFLOP/s") or rec.get("GB/s")
         unit = "GFLOP/s" if rec.get("GFLOP/s") else "GB/s"
-        check = {k: v for k, v in rec.items() if k in ("ratio", "mismatches", "x_torch_f32")}
+        check = {
+            k: v for k, v in rec.items() if k in ("ratio", "mismatches", "x_torch_f32", "x_cpu")
+        }
         print(
             f"{'ok  ' if ok else 'FAIL'} {op:<11} {shape:<34} {check}  {ms * 1e3:9.1f} us"
             + (f"  {rate:9.1f} {unit}" if rate else ""),
@@ -207,6 +220,40 @@ class TorchPeer:
             return {"torch_f32_ms": float(np.median(times))}
         except Exception as e:  # noqa: BLE001
             return {"torch_error": repr(e)[:200]}
+
+
+def random_encoder(rng, n_mels: int, d: int, n_head: int, n_layer: int, t: int, qtype):  # type: ignore[no-untyped-def]
+    """A Whisper `AudioEncoder` with random weights (matrices of std K^-1/2, as trained ones
+    roughly are; quantized to `qtype` unless None) and a random mel of 2 t frames."""
+    from npasr.models.whisper.model import (  # noqa: PLC0415
+        MLP,
+        AudioEncoder,
+        ResidualAttentionBlock,
+        SelfAttention,
+    )
+    from npasr.nn.layers import Conv1d, LayerNorm, Linear  # noqa: PLC0415
+
+    def rand(*shape, scale=1.0):  # type: ignore[no-untyped-def]
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def lin(n: int, k: int) -> Linear:
+        w = rand(n, k, scale=k**-0.5)
+        return Linear(w if qtype is None else quant.quantize(w, qtype), rand(n, scale=0.1))
+
+    def ln() -> LayerNorm:
+        return LayerNorm(1 + rand(d, scale=0.1), rand(d, scale=0.1))
+
+    blocks = [
+        ResidualAttentionBlock(
+            SelfAttention(lin(3 * d, d), lin(d, d), n_head), ln(), None, None,
+            MLP(lin(4 * d, d), lin(d, 4 * d)), ln(),
+        )
+        for _ in range(n_layer)
+    ]  # fmt: skip
+    conv1 = Conv1d(rand(d, n_mels, 3, scale=0.3), rand(d, scale=0.1), 1, 1)
+    conv2 = Conv1d(rand(d, d, 3, scale=0.1), rand(d, scale=0.1), 2, 1)
+    enc = AudioEncoder(conv1, conv2, ref.sinusoids(t, d), blocks, ln())
+    return enc, rand(n_mels, 2 * t)
 
 
 def quantized_sources(shape: tuple[int, int]) -> dict[GGMLType, quant.QTensor]:
@@ -305,6 +352,33 @@ def run(args: argparse.Namespace) -> dict:
             "gelu", "x".join(map(str, shape)), r <= 1, partial(ck.gelu, xd, out=y),
             nbytes=8 * x.size, ratio=round(r, 5),
         )  # fmt: skip
+
+    from npasr.models.whisper.gpu import GpuAudioEncoder, Launch  # noqa: PLC0415
+
+    launch = Launch(threads=2, micro=8, bk=32, row_threads=4) if sim else Launch()
+    t = cfg.get("encoder_t", 1500)
+    for name, n_mels, d, n_head, n_layer in cfg.get("encoders", ENCODERS):
+        for qtype in (None, GGMLType.Q8_0):
+            enc, mel = random_encoder(rng, n_mels, d, n_head, n_layer, t, qtype)
+            gpu = GpuAudioEncoder.from_encoder(enc, launch)
+            got = gpu(mel)
+            os.environ["NPASR_INT8_GEMM"] = "0"  # the CPU's exact float path, to compare
+            want = enc(mel)
+            del os.environ["NPASR_INT8_GEMM"]
+            # the first-order bound of tests/models/test_whisper_gpu.py: 4 L gamma(4 D) max|y|
+            r = ratio(got, want, np.float64(4 * n_layer * gamma(4 * d) * np.abs(want).max()))
+            enc(mel)  # the CPU encoder as it runs by default (int8 GEMM on VNNI CPUs), timed
+            cpu = []
+            for _ in range(3 if not sim else 1):
+                c0 = time.perf_counter()
+                enc(mel)
+                cpu.append(time.perf_counter() - c0)
+            cpu_ms = float(np.median(cpu) * 1e3)
+            kind = "f32" if qtype is None else qtype.name
+            bench.record(
+                "encoder", f"{name} {kind} T={t}", r <= 1, partial(gpu, mel),
+                ratio=round(r, 5), cpu_ms=round(cpu_ms, 2),
+            )  # fmt: skip
 
     ok = all(rec["ok"] for rec in bench.records)
     wall = time.perf_counter() - t0

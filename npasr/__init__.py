@@ -36,6 +36,7 @@ from typing import Any
 from npasr.threads import get_num_threads, set_num_threads
 from npasr.types import (
     AudioError,
+    DeviceError,
     ModelFileError,
     ModelNotFoundError,
     NpasrError,
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AudioError",
+    "DeviceError",
     "ModelFileError",
     "ModelNotFoundError",
     "NpasrError",
@@ -62,11 +64,15 @@ __all__ = [
 ]
 
 
-def load_model(name_or_path: str | Path | None = None, *, threads: int | None = None) -> Any:
+def load_model(
+    name_or_path: str | Path | None = None, *, threads: int | None = None, device: str = "cpu"
+) -> Any:
     """Load a model by name (`npasr models list`) or from a .gguf path.
 
     A named model is converted into the cache on first use from its installed weight package;
     a CTranslate2 / OpenAI .pt / HF directory path is converted into the cache too.
+    device "cuda" (Whisper only, experimental): the encoder's blocks run on a CUDA GPU through
+    numba.cuda (numba-cuda and a CUDA driver needed); decoding stays on the CPU.
     """
     from npasr import hub
     from npasr.io.gguf import read_gguf
@@ -77,7 +83,9 @@ def load_model(name_or_path: str | Path | None = None, *, threads: int | None = 
     path = hub.resolve(str(name_or_path) if name_or_path is not None else hub.DEFAULT_MODEL)
     f = read_gguf(path)
     if f.architecture == "whisper":
-        return WhisperModel.from_gguf(f)
+        return WhisperModel.from_gguf(f, device=device)
+    if device != "cpu":
+        raise DeviceError(f"{path}: {f.architecture} models run on the CPU only (device='cpu')")
     if f.architecture == "gigaam":
         from npasr.models.gigaam.asr import GigaAMModel  # noqa: PLC0415
 

@@ -145,6 +145,8 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     opt("output-dir", "-o", default=".", metavar="DIR", help="where <stem>.<format> goes")
     opt("threads", "-t", type=_positive_int, default=None, metavar="N",
         help="for Numba and BLAS; unset: every CPU available")
+    opt("device", default="cpu", choices=["cpu", "cuda"],
+        help="cuda: Whisper's encoder on a CUDA GPU (experimental; decoding stays on the CPU)")
     opt("verbose", type=_bool, default=True, metavar="BOOL", help="print segments to stdout")
     opt("no-progress", action="store_true", help="no progress bar (shown for files over 30 s)")
     # fmt: on
@@ -205,7 +207,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     opts = {d: getattr(args, d) for d in dests if d != "temperature_increment_on_fallback"}
     opts["temperature"] = temperatures(args.temperature, args.temperature_increment_on_fallback)
     os.makedirs(args.output_dir, exist_ok=True)
-    model = npasr.load_model(args.model, threads=args.threads)
+    model = npasr.load_model(args.model, threads=args.threads, device=args.device)
     _ensure_compiled(args.threads)
     status = 0
     for path in args.files:

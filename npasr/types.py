@@ -37,6 +37,10 @@ class ModelNotFoundError(NpasrError):
     """A model name is neither a known name nor an existing path."""
 
 
+class DeviceError(NpasrError):
+    """The asked-for device cannot run this model here (no CUDA device, or not that model)."""
+
+
 @dataclass
 class Segment:
     """One decoded stretch of audio, with openai-whisper's fields."""

@@ -1,4 +1,5 @@
-"""CUDA kernels (numba.cuda): quantized GEMV, dequantize, tiled GEMM, layer_norm, softmax, gelu.
+"""CUDA kernels (numba.cuda): quantized GEMV, dequantize, tiled GEMM, layer_norm, softmax, gelu,
+and an encoder block's helpers (batched GEMM, bias/residual epilogue, head split and merge).
 
 Each kernel has the contract of its NumPy reference (`npasr.nn.ref`, `npasr.nn.quant`); tests run
 them in Numba's CUDA simulator (tests/nn/test_cuda_kernels.py) and bench/gpu_check.py on a GPU.
@@ -270,74 +271,16 @@ def dequantize(
 # --- float32 GEMM -----------------------------------------------------------------------------
 
 
-@cache
-def _gemm_kernel(t: int, tm: int, tn: int, bk: int):  # type: ignore[no-untyped-def]
-    """The GEMM for (t, t) threads, each computing tm x tn outputs, and bk-long K tiles."""
-    bm, bn, nt = t * tm, t * tn, t * t
-    bm1, bn1 = bm + 1, bn + 1  # shared tiles padded by a column: fewer bank conflicts on stores
-
-    @cuda.jit
-    def gemm(y, x, w):  # type: ignore[no-untyped-def]
-        """y = x @ w.T for x (M, K), w (N, K), y (M, N): block (t, t) computes the tile
-        y[bm * blockIdx.y :, bn * blockIdx.x :] of bm x bn outputs, thread (tx, ty) the ones at
-        rows ty + t i and columns tx + t j, summing over K in order. K is walked in bk-long
-        slices of x and w staged in shared memory (zeros past the edges)."""
-        m_all, k_all = x.shape
-        n_all = w.shape[0]
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * t + tx
-        m0 = cuda.blockIdx.y * bm
-        n0 = cuda.blockIdx.x * bn
-        xs = cuda.shared.array((bk, bm1), float32)
-        ws = cuda.shared.array((bk, bn1), float32)
-        acc = cuda.local.array((tm, tn), float32)
-        a = cuda.local.array(tm, float32)
-        bv = cuda.local.array(tn, float32)
-        for i in range(tm):
-            for j in range(tn):
-                acc[i, j] = float32(0.0)
-        for k0 in range(0, k_all, bk):
-            for e in range(tid, bm * bk, nt):  # consecutive threads read consecutive k
-                rr, kk = e // bk, e % bk
-                ok = m0 + rr < m_all and k0 + kk < k_all
-                xs[kk, rr] = x[m0 + rr, k0 + kk] if ok else float32(0.0)
-            for e in range(tid, bn * bk, nt):
-                rr, kk = e // bk, e % bk
-                ok = n0 + rr < n_all and k0 + kk < k_all
-                ws[kk, rr] = w[n0 + rr, k0 + kk] if ok else float32(0.0)
-            cuda.syncthreads()
-            for kk in range(bk):
-                for i in range(tm):
-                    a[i] = xs[kk, ty + t * i]
-                for j in range(tn):
-                    bv[j] = ws[kk, tx + t * j]
-                for i in range(tm):
-                    for j in range(tn):
-                        acc[i, j] += a[i] * bv[j]
-            cuda.syncthreads()
-        for i in range(tm):
-            m = m0 + ty + t * i
-            for j in range(tn):
-                n = n0 + tx + t * j
-                if m < m_all and n < n_all:
-                    y[m, n] = acc[i, j]
-
-    return gemm
-
-
 def gemm(
     x: Array, w: Array, threads: int = 16, micro: int = 4, bk: int = 16, out: Array | None = None
 ) -> Array:
-    """x (M, K) @ w (N, K).T -> (M, N) device float32 (`ref.linear` without bias); tiles of
-    threads * micro rows and columns."""
+    """x (M, K) @ w (N, K).T -> (M, N) device float32 (`ref.linear` without bias): the tiled
+    kernel of `batched_gemm` with one batch entry; tiles of threads * micro rows and columns."""
     x, w = _dev(x), _dev(w)
     (m, k), n = x.shape, w.shape[0]
     assert w.shape[1] == k, (x.shape, w.shape)
     y = _out(out, (m, n))
-    tile = threads * micro
-    grid = ((n + tile - 1) // tile, (m + tile - 1) // tile)
-    _gemm_kernel(threads, micro, micro, bk)[grid, (threads, threads)](y, x, w)
+    batched_gemm(x.reshape(1, m, k), w.reshape(1, n, k), threads, micro, bk, y.reshape(1, m, n))
     return y
 
 
@@ -464,3 +407,187 @@ def gelu(x: Array, threads: int = 256, out: Array | None = None) -> Array:
         blocks = min((size + threads - 1) // threads, 65536)
         _gelu_kernel()[blocks, threads](y, xf)
     return y.reshape(*shape)
+
+
+# --- attention helpers: batched GEMM, bias/residual epilogue, head split and merge ------------
+
+
+@cache
+def _batched_gemm_kernel(t: int, tm: int, tn: int, bk: int):  # type: ignore[no-untyped-def]
+    """The GEMM for (t, t) threads, each computing tm x tn outputs, and bk-long K tiles, over a
+    leading batch axis (grid axis z picks the batch entry)."""
+    bm, bn, nt = t * tm, t * tn, t * t
+    bm1, bn1 = bm + 1, bn + 1
+
+    @cuda.jit
+    def batched_gemm(y, x, w):  # type: ignore[no-untyped-def]
+        """y[i] = x[i] @ w[i].T for x (B, M, K), w (B, N, K), y (B, M, N), i = blockIdx.z:
+        block (t, t) computes the tile y[i, bm * blockIdx.y :, bn * blockIdx.x :] of bm x bn
+        outputs, thread (tx, ty) the ones at rows ty + t r and columns tx + t c, summing over K
+        in order. K is walked in bk-long slices of x and w staged in shared memory (zeros past
+        the edges; the tiles are padded by a column: fewer bank conflicts on the stores)."""
+        bi = cuda.blockIdx.z
+        m_all, k_all = x.shape[1], x.shape[2]
+        n_all = w.shape[1]
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * t + tx
+        m0 = cuda.blockIdx.y * bm
+        n0 = cuda.blockIdx.x * bn
+        xs = cuda.shared.array((bk, bm1), float32)
+        ws = cuda.shared.array((bk, bn1), float32)
+        acc = cuda.local.array((tm, tn), float32)
+        a = cuda.local.array(tm, float32)
+        bv = cuda.local.array(tn, float32)
+        for i in range(tm):
+            for j in range(tn):
+                acc[i, j] = float32(0.0)
+        for k0 in range(0, k_all, bk):
+            for e in range(tid, bm * bk, nt):
+                rr, kk = e // bk, e % bk
+                ok = m0 + rr < m_all and k0 + kk < k_all
+                xs[kk, rr] = x[bi, m0 + rr, k0 + kk] if ok else float32(0.0)
+            for e in range(tid, bn * bk, nt):
+                rr, kk = e // bk, e % bk
+                ok = n0 + rr < n_all and k0 + kk < k_all
+                ws[kk, rr] = w[bi, n0 + rr, k0 + kk] if ok else float32(0.0)
+            cuda.syncthreads()
+            for kk in range(bk):
+                for i in range(tm):
+                    a[i] = xs[kk, ty + t * i]
+                for j in range(tn):
+                    bv[j] = ws[kk, tx + t * j]
+                for i in range(tm):
+                    for j in range(tn):
+                        acc[i, j] += a[i] * bv[j]
+            cuda.syncthreads()
+        for i in range(tm):
+            m = m0 + ty + t * i
+            for j in range(tn):
+                n = n0 + tx + t * j
+                if m < m_all and n < n_all:
+                    y[bi, m, n] = acc[i, j]
+
+    return batched_gemm
+
+
+def batched_gemm(
+    x: Array, w: Array, threads: int = 16, micro: int = 4, bk: int = 16, out: Array | None = None
+) -> Array:
+    """x (B, M, K) @ w (B, N, K).swapaxes(1, 2) -> (B, M, N) device float32: `gemm` per batch
+    entry (e.g. per attention head), one launch."""
+    x, w = _dev(x), _dev(w)
+    (nb, m, k), n = x.shape, w.shape[1]
+    assert w.shape[0] == nb and w.shape[2] == k, (x.shape, w.shape)
+    y = _out(out, (nb, m, n))
+    tile = threads * micro
+    if nb and m and n:
+        grid = ((n + tile - 1) // tile, (m + tile - 1) // tile, nb)
+        _batched_gemm_kernel(threads, micro, micro, bk)[grid, (threads, threads)](y, x, w)
+    return y
+
+
+@cache
+def _bias_residual_kernel():  # type: ignore[no-untyped-def]
+    @cuda.jit
+    def add_bias_residual(y, x, bias, has_bias, res, has_res):  # type: ignore[no-untyped-def]
+        """y[m, n] = res[m, n] + (x[m, n] + bias[n]) (the terms absent where has_* is False),
+        in this order: `residual + ref.linear(...)`; one thread per element (grid-stride).
+        Each element is read and written by the same thread, so y may alias x or res."""
+        i0, step = cuda.grid(1), cuda.gridsize(1)
+        n_all = x.shape[1]
+        for i in range(i0, x.shape[0] * n_all, step):
+            m, n = i // n_all, i % n_all
+            v = x[m, n]
+            if has_bias:
+                v = v + bias[n]
+            if has_res:
+                v = res[m, n] + v
+            y[m, n] = v
+
+    return add_bias_residual
+
+
+def add_bias_residual(
+    x: Array, bias: Array | None = None, residual: Array | None = None, threads: int = 256,
+    out: Array | None = None,
+) -> Array:  # fmt: skip
+    """residual + (x + bias) for x (M, N), bias (N,) and residual (M, N), either optional: the
+    epilogue of a linear layer (`gemm` + bias) and of a residual branch. `out` may be x or
+    residual (in place)."""
+    x = _dev(x)
+    m, n = x.shape
+    y = _out(out, (m, n))
+    b = _no_offset().reshape(1) if bias is None else _dev(bias)
+    r = _no_offset() if residual is None else _dev(residual)
+    if bias is not None:
+        assert tuple(b.shape) == (n,), (b.shape, x.shape)
+    if residual is not None:
+        assert tuple(r.shape) == (m, n), (r.shape, x.shape)
+    if m * n:
+        blocks = min((m * n + threads - 1) // threads, 65536)
+        _bias_residual_kernel()[blocks, threads](y, x, b, bias is not None, r, residual is not None)
+    return y
+
+
+@cache
+def _heads_kernels():  # type: ignore[no-untyped-def]
+    @cuda.jit
+    def split_qkv(q, k, vt, qkv, scale):  # type: ignore[no-untyped-def]
+        """qkv (T, 3 D) = [query | key | value] -> q (H, T, Dh) = query * scale, k (H, T, Dh)
+        and vt (H, Dh, T) (the value transposed, the `w` that makes `gemm` compute P @ V):
+        head h takes columns h Dh .. (h + 1) Dh - 1 of each part; one thread per (t, c < D)."""
+        i0, step = cuda.grid(1), cuda.gridsize(1)
+        n_h, n_t, dh = q.shape[0], q.shape[1], q.shape[2]
+        d = n_h * dh
+        for i in range(i0, n_t * d, step):
+            t, c = i // d, i % d
+            h, j = c // dh, c % dh
+            q[h, t, j] = qkv[t, c] * scale
+            k[h, t, j] = qkv[t, d + c]
+            vt[h, j, t] = qkv[t, 2 * d + c]
+
+    @cuda.jit
+    def merge_heads(y, x):  # type: ignore[no-untyped-def]
+        """x (H, T, Dh) -> y (T, H Dh), y[t, h Dh + j] = x[h, t, j]; one thread per element."""
+        i0, step = cuda.grid(1), cuda.gridsize(1)
+        n_h, n_t, dh = x.shape[0], x.shape[1], x.shape[2]
+        d = n_h * dh
+        for i in range(i0, n_t * d, step):
+            t, c = i // d, i % d
+            y[t, c] = x[c // dh, t, c % dh]
+
+    return split_qkv, merge_heads
+
+
+def split_qkv(
+    qkv: Array, n_head: int, scale: float = 1.0, threads: int = 256,
+    out: tuple[Array, Array, Array] | None = None,
+) -> tuple[Array, Array, Array]:  # fmt: skip
+    """A stacked projection qkv (T, 3 D) -> q * scale (H, T, Dh), k (H, T, Dh), v transposed
+    (H, Dh, T), float32 on the device. q * scale rounds once, as `ref.attention`'s q * scale
+    (pass scale = Dh ** -0.5 for its scores)."""
+    qkv = _dev(qkv)
+    n_t, d3 = qkv.shape
+    d = d3 // 3
+    assert d3 == 3 * d and d % n_head == 0, (qkv.shape, n_head)
+    dh = d // n_head
+    o = out or (None, None, None)
+    q = _out(o[0], (n_head, n_t, dh))
+    k = _out(o[1], (n_head, n_t, dh))
+    vt = _out(o[2], (n_head, dh, n_t))
+    if n_t * d:
+        blocks = min((n_t * d + threads - 1) // threads, 65536)
+        _heads_kernels()[0][blocks, threads](q, k, vt, qkv, np.float32(scale))
+    return q, k, vt
+
+
+def merge_heads(x: Array, threads: int = 256, out: Array | None = None) -> Array:
+    """Heads (H, T, Dh) -> (T, H Dh) on the device (the inverse of the split)."""
+    x = _dev(x)
+    n_h, n_t, dh = x.shape
+    y = _out(out, (n_t, n_h * dh))
+    if n_t * n_h * dh:
+        blocks = min((n_t * n_h * dh + threads - 1) // threads, 65536)
+        _heads_kernels()[1][blocks, threads](y, x)
+    return y

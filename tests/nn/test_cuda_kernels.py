@@ -2,7 +2,7 @@
 
 The simulator must be chosen before numba is imported, so all checks run in one fresh process
 (`_SCRIPT`, NUMBA_ENABLE_CUDASIM=1) that prints one JSON record per check: `ratio`, the largest
-|kernel - reference| / tolerance (<= 1 passes), or for the dequantize checks the number of values
+|kernel - reference| / tolerance (<= 1 passes), or for the exact checks the number of values
 that differ. Shapes are tiny (the simulator runs each GPU thread as a Python thread) but cover
 partial tiles, partial row groups and more than MAX_M activation rows.
 
@@ -14,7 +14,10 @@ float32 sum of n terms in any order (Higham, Accuracy and Stability, 3.1):
   (|w| + 2 |o|) |x| (|s v| <= |w| + |o|). The reference multiplies by the rounded w = fl(s v - o)
   (u |w| from the exact s v - o) and sums K products in BLAS order (gamma(K)).
 * dequantize: bit-exact (scale * v is exact, so one rounding in both).
-* GEMM: 2 gamma(K) (|x| @ |w|.T): two K-term sums in different orders.
+* add_bias_residual, split_qkv, merge_heads: bit-exact against NumPy float32 (the same roundings
+  in the same order: r + (x + b), q * scale; the rest are copies).
+* GEMM: 2 gamma(K) (|x| @ |w|.T): two K-term sums in different orders; batched_gemm the same
+  per batch entry.
 * softmax: (18 u + gamma(dk) + gamma(D)) p_ref, dk = ceil(D / threads) + log2(threads) the
   kernel's summation depth: per exp 2 ulp (<= 4 u relative) on each side, the positive sums'
   gamma plus the exps' error, one rounding in the division.
@@ -123,6 +126,30 @@ out["softmax"] = ratio(ck.softmax(x, threads=nt).copy_to_host(), want, tol)
 x = np.concatenate([rand(200, scale=4.0), np.float32([0.0, -10.0, 10.0, -30.0])]).reshape(4, 51)
 want = ref.gelu(x)
 out["gelu"] = ratio(ck.gelu(x, threads=64).copy_to_host(), want, 6 * U * np.abs(x) + 1e-45)
+x, w = rand(3, 11, 37), rand(3, 13, 37)  # batched: per entry the gemm bound
+tol = 2 * gamma(37) * (np.abs(x.astype(np.float64)) @ np.abs(w.swapaxes(1, 2))) + 1e-30
+got = ck.batched_gemm(x, w, threads=2, micro=4, bk=8).copy_to_host()
+out["batched_gemm"] = ratio(got, x @ w.swapaxes(1, 2), tol)
+got = ck.batched_gemm(x, w).copy_to_host()
+out["batched_gemm_default_tiles"] = ratio(got, x @ w.swapaxes(1, 2), tol)
+
+x, b, r = rand(5, 7), rand(7), rand(5, 7)  # same two roundings in the same order: exact
+xd, rd = ck._dev(x), ck._dev(r)
+got = ck.add_bias_residual(xd, b, rd, threads=8, out=rd).copy_to_host()  # in place
+out["add_bias_residual"] = int((got != r + (x + b)).sum())
+out["add_bias"] = int((ck.add_bias_residual(x, b, threads=8).copy_to_host() != x + b).sum())
+got = ck.add_bias_residual(x, residual=r, threads=8).copy_to_host()
+out["add_residual"] = int((got != r + x).sum())
+
+nh, t, dh = 3, 5, 4
+qkv, sc = rand(t, 3 * nh * dh), np.float32(dh**-0.5)
+parts = [qkv[:, i * nh * dh : (i + 1) * nh * dh].reshape(t, nh, -1) for i in range(3)]
+parts = [p.swapaxes(0, 1) for p in parts]  # (nh, t, dh)
+q, k, vt = (a.copy_to_host() for a in ck.split_qkv(qkv, nh, sc, threads=16))
+want = (parts[0] * sc, parts[1], parts[2].swapaxes(1, 2))
+out["split_qkv"] = sum(int((g != w).sum()) for g, w in zip((q, k, vt), want))
+got = ck.merge_heads(parts[0], threads=16).copy_to_host()
+out["merge_heads"] = int((got != qkv[:, : nh * dh]).sum())
 print(json.dumps(out))
 """
 
@@ -147,8 +174,11 @@ CHECKS = [
     "layer_norm",
     "softmax",
     "gelu",
+    "batched_gemm",
+    "batched_gemm_default_tiles",
 ]
 EXACT = [f"dequantize{r}_{t}" for t in ("Q8_0", "Q4_0", "Q4_K") for r in ("", "_rows")]
+EXACT_ELEMENTWISE = ["add_bias_residual", "add_bias", "add_residual", "split_qkv", "merge_heads"]
 
 
 @pytest.mark.parametrize("name", CHECKS)
@@ -161,12 +191,17 @@ def test_dequantize_is_exact(results: dict[str, float], name: str) -> None:
     assert results[name] == 0, f"{name}: {results[name]} values differ"
 
 
+@pytest.mark.parametrize("name", EXACT_ELEMENTWISE)
+def test_elementwise_is_exact(results: dict[str, float], name: str) -> None:
+    assert results[name] == 0, f"{name}: {results[name]} values differ"
+
+
 def test_the_bound_catches_a_wrong_scale(results: dict[str, float]) -> None:
     assert results["negative_gemv_bad_scale"] > 1.0
 
 
 def test_every_check_ran(results: dict[str, float]) -> None:
-    assert set(results) == {*CHECKS, *EXACT, "negative_gemv_bad_scale"}
+    assert set(results) == {*CHECKS, *EXACT, *EXACT_ELEMENTWISE, "negative_gemv_bad_scale"}
 
 
 def test_available_never_raises() -> None:

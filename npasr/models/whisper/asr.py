@@ -31,7 +31,11 @@ class WhisperModel:
         return self.model.config.is_multilingual
 
     @classmethod
-    def from_gguf(cls, gguf: GGUFFile | str | Path) -> WhisperModel:
+    def from_gguf(cls, gguf: GGUFFile | str | Path, device: str = "cpu") -> WhisperModel:
+        """device "cuda": the encoder's blocks run on a CUDA GPU (`models.whisper.gpu`:
+        experimental, checked in Numba's CUDA simulator only); everything else on the CPU."""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
         f = gguf if isinstance(gguf, GGUFFile) else read_gguf(gguf)
         if f.architecture != "whisper":
             raise ModelFileError(f"{f.path}: architecture is {f.architecture!r}, not 'whisper'")
@@ -50,6 +54,10 @@ class WhisperModel:
         )
         model = Whisper.load(f.tensors, cfg, origin=str(f.path))
         f.release_pages()  # the quantized weights were repacked: their file pages are spent
+        if device == "cuda":
+            from npasr.models.whisper.gpu import GpuAudioEncoder  # noqa: PLC0415
+
+            model.encoder = GpuAudioEncoder.from_encoder(model.encoder)  # type: ignore[assignment]
         heads = f.get("whisper.alignment_heads")
         if heads:
             model.alignment_heads = np.asarray(heads, np.int32).reshape(-1, 2)
