@@ -94,13 +94,16 @@ def model(monkeypatch):
     m = FakeModel()
     loads = []
 
-    def load_model(name_or_path=None, *, threads=None):
+    devices = []
+
+    def load_model(name_or_path=None, *, threads=None, device="cpu"):
         loads.append((name_or_path, threads))
+        devices.append(device)
         return m
 
     monkeypatch.setattr(npasr, "load_model", load_model, raising=False)
     monkeypatch.setattr(npasr.audio.io, "load_audio", fake_load_audio)
-    m.loads = loads
+    m.loads, m.devices = loads, devices
     return m
 
 
@@ -200,7 +203,7 @@ def test_transcribe_all_formats(model, tmp_path, capsys, monkeypatch):
     rc = cli.main(["transcribe", audio, "--output-dir", str(out), "--threads", "3",
                    "--model", "tiny.gguf", "--temperature", "0.4"])  # fmt: skip
     assert rc == 0
-    assert model.loads == [("tiny.gguf", 3)]
+    assert model.loads == [("tiny.gguf", 3)] and model.devices == ["cpu"]
     (call,) = model.calls
     assert call["temperature"] == pytest.approx((0.4, 0.6, 0.8, 1.0))
     assert (call["language"], call["beam_size"], call["best_of"], call["task"]) == (
@@ -272,8 +275,14 @@ def test_unexpected_error_keeps_traceback(model, tmp_path, capsys):
     assert "Traceback" in err and "ZeroDivisionError: a bug in the loader" in err
 
 
+def test_device_flag_reaches_load_model(model, tmp_path):
+    audio = _audio(tmp_path, "talk.wav", "4")
+    rc = cli.main(["transcribe", audio, "--device", "cuda", "-o", str(tmp_path), "-f", "txt"])
+    assert rc == 0 and model.devices == ["cuda"]
+
+
 def test_model_not_found_is_one_line(monkeypatch, tmp_path, capsys):
-    def load_model(name_or_path=None, *, threads=None):
+    def load_model(name_or_path=None, *, threads=None, device="cpu"):
         raise ModelNotFoundError(f"unknown model {name_or_path!r}")
 
     monkeypatch.setattr(npasr, "load_model", load_model, raising=False)
