@@ -53,8 +53,10 @@ from numba import cuda  # noqa: E402
 from npasr.io.gguf import GGMLType  # noqa: E402
 from npasr.nn import cuda_kernels as ck  # noqa: E402
 from npasr.nn import quant, ref  # noqa: E402
+from tests.models.whisper_ref import random_encoder  # noqa: E402
+from tests.nn import cuda_bounds as bound  # noqa: E402
+from tests.nn.cuda_bounds import ratio  # noqa: E402
 
-U = 2.0**-24
 QTYPES = (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K)
 # (name, N outputs, K inputs) of quantized linears; all are sliced from one 4096 x 4096 weight
 LINEARS = [
@@ -82,36 +84,6 @@ SIM = {  # tiny shapes for --sim
     "softmax": [(3, 70)],
     "gelu": [(4, 51)],
 }
-
-
-def gamma(n: float) -> float:
-    return n * U / (1 - n * U)
-
-
-def ratio(got: np.ndarray, want: np.ndarray, tol: np.ndarray) -> float:
-    return float((np.abs(got.astype(np.float64) - want) / (tol + 1e-30)).max())
-
-
-def gemv_bound(x: np.ndarray, w: np.ndarray, p: quant.Packed) -> np.ndarray:
-    k = w.shape[1]
-    o = np.zeros(p.scale.shape) if p.offset is None else np.abs(p.offset.astype(np.float64))
-    ax, aw = np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64))
-    return gamma(k + 2) * (ax @ (aw + 2 * np.repeat(o, 32, axis=1)).T) + (gamma(k) + U) * (
-        ax @ aw.T
-    )
-
-
-def layer_norm_bound(x: np.ndarray, g: np.ndarray, b: np.ndarray, nt: int) -> np.ndarray:
-    d = x.shape[-1]
-    e = gamma(math.ceil(d / nt) + math.log2(nt)) + gamma(d) + 4 * U
-    xd = x.astype(np.float64)
-    xc = xd - xd.mean(-1, keepdims=True)
-    var = (xc * xc).mean(-1, keepdims=True)
-    sd = np.sqrt(var + 1e-5)
-    dmu = e * np.abs(xd).mean(-1, keepdims=True)
-    dvar = (e + 4 * U) * var + 2 * dmu * np.abs(xc).mean(-1, keepdims=True)
-    dz = (dmu + 2 * U * np.abs(xc)) / sd + np.abs(xc / sd) * (dvar / (2 * (var + 1e-5)) + 4 * U)
-    return np.abs(g) * dz + 4 * U * (np.abs(g * xc / sd) + np.abs(b))
 
 
 def gelu_ref(x: np.ndarray) -> np.ndarray:
@@ -222,40 +194,6 @@ class TorchPeer:
             return {"torch_error": repr(e)[:200]}
 
 
-def random_encoder(rng, n_mels: int, d: int, n_head: int, n_layer: int, t: int, qtype):  # type: ignore[no-untyped-def]
-    """A Whisper `AudioEncoder` with random weights (matrices of std K^-1/2, as trained ones
-    roughly are; quantized to `qtype` unless None) and a random mel of 2 t frames."""
-    from npasr.models.whisper.model import (  # noqa: PLC0415
-        MLP,
-        AudioEncoder,
-        ResidualAttentionBlock,
-        SelfAttention,
-    )
-    from npasr.nn.layers import Conv1d, LayerNorm, Linear  # noqa: PLC0415
-
-    def rand(*shape, scale=1.0):  # type: ignore[no-untyped-def]
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    def lin(n: int, k: int) -> Linear:
-        w = rand(n, k, scale=k**-0.5)
-        return Linear(w if qtype is None else quant.quantize(w, qtype), rand(n, scale=0.1))
-
-    def ln() -> LayerNorm:
-        return LayerNorm(1 + rand(d, scale=0.1), rand(d, scale=0.1))
-
-    blocks = [
-        ResidualAttentionBlock(
-            SelfAttention(lin(3 * d, d), lin(d, d), n_head), ln(), None, None,
-            MLP(lin(4 * d, d), lin(d, 4 * d)), ln(),
-        )
-        for _ in range(n_layer)
-    ]  # fmt: skip
-    conv1 = Conv1d(rand(d, n_mels, 3, scale=0.3), rand(d, scale=0.1), 1, 1)
-    conv2 = Conv1d(rand(d, d, 3, scale=0.1), rand(d, scale=0.1), 2, 1)
-    enc = AudioEncoder(conv1, conv2, ref.sinusoids(t, d), blocks, ln())
-    return enc, rand(n_mels, 2 * t)
-
-
 def quantized_sources(shape: tuple[int, int]) -> dict[GGMLType, quant.QTensor]:
     rng = np.random.default_rng(0)
     w = (rng.standard_normal(shape) * 0.05).astype(np.float32)
@@ -297,7 +235,7 @@ def run(args: argparse.Namespace) -> dict:
                 x = rng.standard_normal((m, k)).astype(np.float32)
                 xd, y = cuda.to_device(x), cuda.device_array((m, n), np.float32)
                 got = ck.gemv(xd, dw, out=y).copy_to_host()
-                r = ratio(got, x @ w.T, gemv_bound(x, w, q.repack()))
+                r = ratio(got, x @ w.T, bound.gemv(x, w, q.repack().offset))
                 bench.record(
                     "gemv", f"{qt.name} {name} M={m}", r <= 1, partial(ck.gemv, xd, dw, out=y),
                     nbytes=dw.nbytes + 4 * m * (k + n), flops=0, ratio=round(r, 5),
@@ -314,8 +252,7 @@ def run(args: argparse.Namespace) -> dict:
         x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k))
         w = w.astype(np.float32)
         xd, wd, y = cuda.to_device(x), cuda.to_device(w), cuda.device_array((m, n), np.float32)
-        tol = 2 * gamma(k) * (np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T)
-        r = ratio(ck.gemm(xd, wd, out=y).copy_to_host(), x @ w.T, tol)
+        r = ratio(ck.gemm(xd, wd, out=y).copy_to_host(), x @ w.T, bound.gemm(x, w))
         bench.record(
             "gemm", f"{m}x{k} @ ({n}x{k}).T", r <= 1, partial(ck.gemm, xd, wd, out=y),
             flops=2 * m * n * k, ratio=round(r, 5), **peer.matmul_ms(m, n, k),
@@ -326,7 +263,7 @@ def run(args: argparse.Namespace) -> dict:
         g, b = rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
         xd, gd, bd, y = (cuda.to_device(a) for a in (x, g, b, np.empty_like(x)))
         got = ck.layer_norm(xd, gd, bd, out=y).copy_to_host()
-        r = ratio(got, ref.layer_norm(x, g, b), layer_norm_bound(x, g, b, 128))
+        r = ratio(got, ref.layer_norm(x, g, b), bound.layer_norm(x, g, b, 128))
         bench.record(
             "layer_norm", f"{rows}x{d}", r <= 1, partial(ck.layer_norm, xd, gd, bd, out=y),
             nbytes=8 * rows * d, ratio=round(r, 5),
@@ -336,9 +273,7 @@ def run(args: argparse.Namespace) -> dict:
         x = (rng.standard_normal((rows, d)) * 10).astype(np.float32)
         xd, y = cuda.to_device(x), cuda.device_array((rows, d), np.float32)
         want = ref.softmax(x)
-        dk = math.ceil(d / 128) + 7
-        tol = (18 * U + gamma(dk) + gamma(d)) * want.astype(np.float64)
-        r = ratio(ck.softmax(xd, out=y).copy_to_host(), want, tol)
+        r = ratio(ck.softmax(xd, out=y).copy_to_host(), want, bound.softmax(want, 128))
         bench.record(
             "softmax", f"{rows}x{d}", r <= 1, partial(ck.softmax, xd, out=y),
             nbytes=8 * rows * d, ratio=round(r, 5),
@@ -347,7 +282,7 @@ def run(args: argparse.Namespace) -> dict:
     for shape in cfg.get("gelu", GELU):
         x = (rng.standard_normal(shape) * 4).astype(np.float32)
         xd, y = cuda.to_device(x), cuda.device_array(shape, np.float32)
-        r = ratio(ck.gelu(xd, out=y).copy_to_host(), gelu_ref(x), 6 * U * np.abs(x))
+        r = ratio(ck.gelu(xd, out=y).copy_to_host(), gelu_ref(x), bound.gelu(x))
         bench.record(
             "gelu", "x".join(map(str, shape)), r <= 1, partial(ck.gelu, xd, out=y),
             nbytes=8 * x.size, ratio=round(r, 5),
@@ -365,8 +300,7 @@ def run(args: argparse.Namespace) -> dict:
             os.environ["NPASR_INT8_GEMM"] = "0"  # the CPU's exact float path, to compare
             want = enc(mel)
             del os.environ["NPASR_INT8_GEMM"]
-            # the first-order bound of tests/models/test_whisper_gpu.py: 4 L gamma(4 D) max|y|
-            r = ratio(got, want, np.float64(4 * n_layer * gamma(4 * d) * np.abs(want).max()))
+            r = ratio(got, want, bound.encoder(want, n_layer, d))
             enc(mel)  # the CPU encoder as it runs by default (int8 GEMM on VNNI CPUs), timed
             cpu = []
             for _ in range(3 if not sim else 1):

@@ -49,7 +49,7 @@ def available() -> bool:
         return False
 
 
-def _dev(a: Array) -> Array:
+def to_device(a: Array) -> Array:
     """A device array as is; a NumPy array copied to the device as contiguous float32."""
     if hasattr(a, "copy_to_host"):
         return a
@@ -201,7 +201,7 @@ def gemv(
     """x (M, K) @ dequantize(w).T -> (M, N) device float32, for few rows M (decoding); the
     activations stay float32. Rows are taken MAX_M at a time. `out`: an (M, N) float32 device
     array to write (as in every wrapper here; by default a new one)."""
-    x = _dev(x)
+    x = to_device(x)
     m_all, k = x.shape
     n = w.shape[0]
     assert k == w.shape[1], (x.shape, w.shape)
@@ -218,7 +218,7 @@ def gemv(
 
 def block_sums(x: Array) -> Array:
     """x (M, K) -> (M, K // 32) sums of each 32-block, on the device."""
-    x = _dev(x)
+    x = to_device(x)
     m, k = x.shape
     xsum = cuda.device_array((m, k // QB), np.float32)
     _block_sums_kernel()[((k // QB + 31) // 32, m), (32, 1)](xsum, x)
@@ -276,7 +276,7 @@ def gemm(
 ) -> Array:
     """x (M, K) @ w (N, K).T -> (M, N) device float32 (`ref.linear` without bias): the tiled
     kernel of `batched_gemm` with one batch entry; tiles of threads * micro rows and columns."""
-    x, w = _dev(x), _dev(w)
+    x, w = to_device(x), to_device(w)
     (m, k), n = x.shape, w.shape[0]
     assert w.shape[1] == k, (x.shape, w.shape)
     y = _out(out, (m, n))
@@ -358,7 +358,7 @@ def _row_kernels(nt: int):  # type: ignore[no-untyped-def]
 
 def _rows(x: Array, out: Array | None) -> tuple[Array, Array, tuple[int, ...]]:
     """x (..., D) on the device as (R, D), an output like it, and x's shape."""
-    x = _dev(x)
+    x = to_device(x)
     shape = tuple(x.shape)
     x2 = x.reshape(int(np.prod(shape[:-1], dtype=np.int64)), shape[-1])
     return x2, _out(out, shape).reshape(*x2.shape), shape
@@ -370,7 +370,8 @@ def layer_norm(
     """LayerNorm over the last axis of x (..., D) with gain g and bias b (D,)."""
     x2, y, shape = _rows(x, out)
     if x2.shape[0]:
-        _row_kernels(threads)[0][x2.shape[0], threads](y, x2, _dev(g), _dev(b), np.float32(eps))
+        gd, bd = to_device(g), to_device(b)
+        _row_kernels(threads)[0][x2.shape[0], threads](y, x2, gd, bd, np.float32(eps))
     return y.reshape(*shape)
 
 
@@ -398,7 +399,7 @@ def _gelu_kernel():  # type: ignore[no-untyped-def]
 
 def gelu(x: Array, threads: int = 256, out: Array | None = None) -> Array:
     """Exact (erf) GELU of x (any shape), elementwise."""
-    x = _dev(x)
+    x = to_device(x)
     shape = tuple(x.shape)
     size = int(np.prod(shape, dtype=np.int64))
     xf = x.reshape(size)
@@ -476,7 +477,7 @@ def batched_gemm(
 ) -> Array:
     """x (B, M, K) @ w (B, N, K).swapaxes(1, 2) -> (B, M, N) device float32: `gemm` per batch
     entry (e.g. per attention head), one launch."""
-    x, w = _dev(x), _dev(w)
+    x, w = to_device(x), to_device(w)
     (nb, m, k), n = x.shape, w.shape[1]
     assert w.shape[0] == nb and w.shape[2] == k, (x.shape, w.shape)
     y = _out(out, (nb, m, n))
@@ -515,11 +516,11 @@ def add_bias_residual(
     """residual + (x + bias) for x (M, N), bias (N,) and residual (M, N), either optional: the
     epilogue of a linear layer (`gemm` + bias) and of a residual branch. `out` may be x or
     residual (in place)."""
-    x = _dev(x)
+    x = to_device(x)
     m, n = x.shape
     y = _out(out, (m, n))
-    b = _no_offset().reshape(1) if bias is None else _dev(bias)
-    r = _no_offset() if residual is None else _dev(residual)
+    b = _no_offset().reshape(1) if bias is None else to_device(bias)
+    r = _no_offset() if residual is None else to_device(residual)
     if bias is not None:
         assert tuple(b.shape) == (n,), (b.shape, x.shape)
     if residual is not None:
@@ -567,7 +568,7 @@ def split_qkv(
     """A stacked projection qkv (T, 3 D) -> q * scale (H, T, Dh), k (H, T, Dh), v transposed
     (H, Dh, T), float32 on the device. q * scale rounds once, as `ref.attention`'s q * scale
     (pass scale = Dh ** -0.5 for its scores)."""
-    qkv = _dev(qkv)
+    qkv = to_device(qkv)
     n_t, d3 = qkv.shape
     d = d3 // 3
     assert d3 == 3 * d and d % n_head == 0, (qkv.shape, n_head)
@@ -584,7 +585,7 @@ def split_qkv(
 
 def merge_heads(x: Array, threads: int = 256, out: Array | None = None) -> Array:
     """Heads (H, T, Dh) -> (T, H Dh) on the device (the inverse of the split)."""
-    x = _dev(x)
+    x = to_device(x)
     n_h, n_t, dh = x.shape
     y = _out(out, (n_t, n_h * dh))
     if n_t * n_h * dh:

@@ -37,48 +37,15 @@ import numpy as np
 from scipy.special import erf
 from npasr.io.gguf import GGMLType
 from npasr.models.whisper.gpu import GpuAudioEncoder, Launch
-from npasr.models.whisper.model import AudioEncoder, MLP, ResidualAttentionBlock, SelfAttention
 from npasr.nn import cuda_kernels as ck, quant, ref
-from npasr.nn.layers import Conv1d, LayerNorm, Linear
 from npasr.nn.quant import QTensor
+from tests.models.whisper_ref import random_encoder
+from tests.nn.cuda_bounds import encoder as encoder_bound
 
 assert ck.available()
-U = 2.0**-24
 N_MELS, D, H, L, T = 8, 32, 2, 2, 8
 LAUNCH = Launch(threads=2, micro=8, bk=32, row_threads=4, elem_threads=256)
 out = {}
-
-
-def gamma(n):
-    return n * U / (1 - n * U)
-
-
-def encoder(seed, qtype):
-    rng = np.random.default_rng(seed)
-
-    def rand(*shape, scale=1.0):
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    def lin(n, k, key_rows=None):
-        w, b = rand(n, k, scale=k**-0.5), rand(n, scale=0.1)
-        if key_rows is not None:
-            b[key_rows] = 0.0  # openai whisper: the key projection has no bias
-        return Linear(w if qtype is None else quant.quantize(w, qtype), b)
-
-    def ln():
-        return LayerNorm(1 + rand(D, scale=0.1), rand(D, scale=0.1))
-
-    blocks = [
-        ResidualAttentionBlock(
-            SelfAttention(lin(3 * D, D, slice(D, 2 * D)), lin(D, D), H), ln(), None, None,
-            MLP(lin(4 * D, D), lin(D, 4 * D)), ln(),
-        )
-        for _ in range(L)
-    ]
-    conv1 = Conv1d(rand(D, N_MELS, 3, scale=0.3), rand(D, scale=0.1), 1, 1)
-    conv2 = Conv1d(rand(D, D, 3, scale=0.1), rand(D, scale=0.1), 2, 1)
-    mel = rand(N_MELS, 2 * T)
-    return AudioEncoder(conv1, conv2, ref.sinusoids(T, D), blocks, ln()), mel
 
 
 def f64(lin):
@@ -105,16 +72,15 @@ def reference(enc, x):  # the blocks and ln_post in float64, from the embedded i
     return ln(x, enc.ln_post)
 
 
-bound_scale = 4 * L * gamma(4 * D)
 for seed, qtype in ((0, None), (1, GGMLType.Q8_0), (2, GGMLType.Q4_0)):
     name = "f32" if qtype is None else qtype.name
-    enc, mel = encoder(seed, qtype)
+    enc, mel = random_encoder(np.random.default_rng(seed), N_MELS, D, H, L, T, qtype)
     gpu = GpuAudioEncoder.from_encoder(enc, LAUNCH)
     got = gpu(mel)
     cpu = enc(mel)
     want = reference(enc, gpu.embed(mel))
     assert got.shape == cpu.shape == (T, D) and got.dtype == np.float32
-    bound = bound_scale * float(np.abs(want).max())
+    bound = encoder_bound(want, L, D)
     for key, a, b in (("gpu_cpu", got, cpu), ("gpu_f64", got, want), ("cpu_f64", cpu, want)):
         out[f"{key}_{name}"] = float(np.abs(a.astype(np.float64) - b).max()) / bound
     if qtype is None:  # negative: one fc2 weight of the last block moved by 0.5% of max |w|

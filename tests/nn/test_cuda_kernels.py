@@ -39,42 +39,27 @@ import pytest
 from . import run_fresh
 
 _SCRIPT = r"""
-import json, math
+import json
 import npasr
 import numpy as np
 from npasr.io.gguf import GGMLType
 from npasr.nn import cuda_kernels as ck, quant, ref
+from tests.nn import cuda_bounds as bound
+from tests.nn.cuda_bounds import ratio
 
 assert ck.available()
-U = 2.0**-24
 rng = np.random.default_rng(0)
 out = {}
-
-
-def gamma(n):
-    return n * U / (1 - n * U)
 
 
 def rand(*shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
-def ratio(got, want, tol):
-    return float((np.abs(got.astype(np.float64) - want) / tol).max())
-
-
-def offsets(p, k):  # the packed offset expanded to (N, K), zeros where it is None
-    o = np.zeros(p.scale.shape, np.float32) if p.offset is None else p.offset
-    return np.repeat(np.abs(o.astype(np.float64)), 32, axis=1)[:, :k]
-
-
 def gemv_ratio(x, q, dw, **kw):
-    w = q.dequantize().astype(np.float64)
-    ax, o = np.abs(x.astype(np.float64)), offsets(q.repack(), w.shape[1])
-    k = w.shape[1]
-    tol = gamma(k + 2) * (ax @ (np.abs(w) + 2 * o).T) + (gamma(k) + U) * (ax @ np.abs(w).T)
+    w = q.dequantize()
     got = ck.gemv(x, dw, **kw).copy_to_host()
-    return ratio(got, x @ q.dequantize().T, tol + 1e-30)
+    return ratio(got, x @ w.T, bound.gemv(x, w, q.repack().offset))
 
 
 for qt, k in ((GGMLType.Q8_0, 96), (GGMLType.Q4_0, 96), (GGMLType.Q4_K, 256)):
@@ -97,7 +82,7 @@ bad.scale[3, 1] *= np.float32(1.01)
 out["negative_gemv_bad_scale"] = gemv_ratio(rand(2, 64), q, ck.DeviceWeight.upload(bad))
 
 x, w = rand(37, 45), rand(29, 45)  # no dimension a multiple of any tile
-tol = 2 * gamma(45) * (np.abs(x.astype(np.float64)) @ np.abs(w.T)) + 1e-30
+tol = bound.gemm(x, w)
 got = ck.gemm(x, w, threads=4, micro=2, bk=8).copy_to_host()
 out["gemm_small_tiles"] = ratio(got, x @ w.T, tol)
 out["gemm_default_tiles"] = ratio(ck.gemm(x, w).copy_to_host(), x @ w.T, tol)
@@ -105,36 +90,25 @@ out["gemm_default_tiles"] = ratio(ck.gemm(x, w).copy_to_host(), x @ w.T, tol)
 nt, d = 32, 70
 x = rand(2, 3, d, scale=3.0) + np.float32(1.5)
 g, b = rand(d), rand(d)
-dk, xd = math.ceil(d / nt) + math.log2(nt), x.astype(np.float64)
-e = gamma(dk) + gamma(d) + 4 * U
-mu = xd.mean(-1, keepdims=True)
-xc = xd - mu
-var = (xc * xc).mean(-1, keepdims=True)
-sd = np.sqrt(var + 1e-5)
-dmu = e * np.abs(xd).mean(-1, keepdims=True)
-dvar = (e + 4 * U) * var + 2 * dmu * np.abs(xc).mean(-1, keepdims=True)
-dz = (dmu + 2 * U * np.abs(xc)) / sd + np.abs(xc / sd) * (dvar / (2 * (var + 1e-5)) + 4 * U)
-tol = np.abs(g) * dz + 4 * U * (np.abs(g * xc / sd) + np.abs(b))
 got = ck.layer_norm(x, g, b, threads=nt).copy_to_host()
-out["layer_norm"] = ratio(got, ref.layer_norm(x, g, b), tol)
+out["layer_norm"] = ratio(got, ref.layer_norm(x, g, b), bound.layer_norm(x, g, b, nt))
 
 x = rand(3, d, scale=10.0)
 want = ref.softmax(x)
-tol = (18 * U + gamma(dk) + gamma(d)) * want.astype(np.float64) + 1e-30
-out["softmax"] = ratio(ck.softmax(x, threads=nt).copy_to_host(), want, tol)
+out["softmax"] = ratio(ck.softmax(x, threads=nt).copy_to_host(), want, bound.softmax(want, nt))
 
 x = np.concatenate([rand(200, scale=4.0), np.float32([0.0, -10.0, 10.0, -30.0])]).reshape(4, 51)
 want = ref.gelu(x)
-out["gelu"] = ratio(ck.gelu(x, threads=64).copy_to_host(), want, 6 * U * np.abs(x) + 1e-45)
+out["gelu"] = ratio(ck.gelu(x, threads=64).copy_to_host(), want, bound.gelu(x))
 x, w = rand(3, 11, 37), rand(3, 13, 37)  # batched: per entry the gemm bound
-tol = 2 * gamma(37) * (np.abs(x.astype(np.float64)) @ np.abs(w.swapaxes(1, 2))) + 1e-30
+tol = bound.gemm(x, w)
 got = ck.batched_gemm(x, w, threads=2, micro=4, bk=8).copy_to_host()
 out["batched_gemm"] = ratio(got, x @ w.swapaxes(1, 2), tol)
 got = ck.batched_gemm(x, w).copy_to_host()
 out["batched_gemm_default_tiles"] = ratio(got, x @ w.swapaxes(1, 2), tol)
 
 x, b, r = rand(5, 7), rand(7), rand(5, 7)  # same two roundings in the same order: exact
-xd, rd = ck._dev(x), ck._dev(r)
+xd, rd = ck.to_device(x), ck.to_device(r)
 got = ck.add_bias_residual(xd, b, rd, threads=8, out=rd).copy_to_host()  # in place
 out["add_bias_residual"] = int((got != r + (x + b)).sum())
 out["add_bias"] = int((ck.add_bias_residual(x, b, threads=8).copy_to_host() != x + b).sum())

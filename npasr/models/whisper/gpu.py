@@ -48,7 +48,7 @@ def _device_matrix(w: Any) -> Array:
         w = w.dequantize()  # a type without a GPU layout: dequantized here, uploaded as f32
     elif isinstance(w, Panels):
         w = w.unpack()
-    return ck._dev(np.asarray(w, dtype=np.float32))
+    return ck.to_device(np.asarray(w, dtype=np.float32))
 
 
 @dataclass
@@ -58,7 +58,7 @@ class GpuLinear:
 
     @classmethod
     def upload(cls, lin: Linear) -> GpuLinear:
-        bias = None if lin.bias is None else ck._dev(lin.bias)
+        bias = None if lin.bias is None else ck.to_device(lin.bias)
         return cls(_device_matrix(lin.weight), bias)
 
     @property
@@ -74,7 +74,7 @@ class GpuLayerNorm:
 
     @classmethod
     def upload(cls, ln: LayerNorm) -> GpuLayerNorm:
-        return cls(ck._dev(ln.weight), ck._dev(ln.bias), float(ln.eps))
+        return cls(ck.to_device(ln.weight), ck.to_device(ln.bias), float(ln.eps))
 
 
 @dataclass
@@ -143,7 +143,7 @@ class GpuAudioEncoder:
 
     def __call__(self, mel: F32) -> F32:
         """mel (n_mels, frames) -> audio features (n_audio_ctx, D) float32 on the host."""
-        x = ck._dev(self.embed(mel))  # (T, D), updated in place by each residual
+        x = ck.to_device(self.embed(mel))  # (T, D), updated in place by each residual
         self.run_blocks(x)
         return self._ln(x, self.ln_post).copy_to_host()
 
