@@ -7,19 +7,22 @@ this module, so quantization stays a property of the weight (STYLE R6): the same
 forward runs f32, f16 or any GGML type.
 
 Dispatch for a QTensor (M = number of activation rows):
-* M <= GEMV_MAX_ROWS (decoding): `quant_kernels.gemv_kernel`, reading the quantized weight once;
-  activations stay float32 (the result is the reference up to summation order). Weights of at
-  most GEMV_SERIAL_MAX_WEIGHTS take its single-thread twin `gemv_serial_kernel` (same bits).
+* M <= GEMV_MAX_ROWS (decoding): `quant_kernels.gemv_kernel`, reading the quantized weight once,
+  with the activations rounded per 32-block to int16 (`quant_kernels.round_x16`, 2^-16 of the
+  block's largest value; the result is the reference on those activations up to float32
+  rounding). Weights of at most GEMV_SERIAL_MAX_WEIGHTS take its single-thread twin
+  `gemv_serial_kernel` (same bits). Float16 weights (`_linear_f16`) keep float32 activations.
 * larger M (encoders), on CPUs with AVX-512 VNNI: `int8_gemm.gemm`, the activations quantized
   per 32-block to int8 (as ggml does) and multiplied in int8 -> int32; the only difference from
   the reference is that activation rounding (~5e-3 relative RMS). NPASR_INT8_GEMM=0 turns it off.
 * the exception: a 4-bit weight (Q4_0, Q4_1, Q4_K) of at least INT8_GEMV_MIN_WEIGHTS takes
-  `int8_gemm.gemm` for few rows too. Its float GEMV widens every nibble to float32 and is compute
-  bound on Zen 4 (double-pumped AVX-512): 4096 x 4096 at 0.37-0.48x NumPy's f32 GEMV (target
-  0.35x), where the int8 path is 0.26-0.32x (bench/kernels.py, 2 threads). The activation
-  rounding is far below the 4-bit weight error; Q8_0 and Q5 weights keep the exact float GEMV,
-  whose error is the weight's alone. Below the size the int8 path's fixed cost (~0.1 ms:
-  quantizing x, waking the workers) loses.
+  `int8_gemm.gemm` for few rows too. That choice predates the GEMV's int16 form: the float GEMV
+  widened every nibble to float32 and was compute bound on Zen 4 (double-pumped AVX-512), 4096 x
+  4096 at 0.37-0.48x NumPy's f32 GEMV (target 0.35x) where the int8 path is 0.26-0.32x
+  (bench/kernels.py, 2 threads). The int16 GEMV on those weights measured the same as the int8
+  path (0.26-0.39x, 3 runs each), so the route stayed. The int8 rounding is far below the 4-bit
+  weight error. Below the size the int8 path's fixed cost (~0.1 ms: quantizing x, waking the
+  workers) loses.
 * larger M elsewhere: dequantize TILE_BYTES of weight rows at a time into a reused f32 buffer
   and multiply with BLAS, which is compute bound there; the tile dequantize is the Numba kernel.
 * a type with no kernel layout (Q6_K): the same tile loop with the NumPy dequantize, announced
@@ -108,17 +111,11 @@ def _gemv(x: F32, p: Packed, n_out: int, serial: bool | None = None) -> F32:
     (None: by GEMV_SERIAL_MAX_WEIGHTS)."""
     m, k = x.shape
     out = np.empty((m, n_out), np.float32)
-    xf = x.reshape(-1)
-    if p.offset is not None:
-        xsum = np.empty(m * (k // qk.QB), np.float32)
-        qk.block_sums_kernel(xsum, xf, m, k)
-    else:
-        xsum = _EMPTY  # read only with an offset
     if serial is None:
         serial = n_out * k * min(m, 2) <= GEMV_SERIAL_MAX_WEIGHTS
     kernel = qk.gemv_serial_kernel if serial else qk.gemv_kernel
     qs = _flat(p.qs).view(np.uint8)  # bytes for every kind: one compiled kernel signature
-    kernel(out, xf, xsum, qs, _flat(p.scale), _flat(p.offset), m, k, qk.KIND_CODE[p.kind])
+    kernel(out, x.reshape(-1), qs, _flat(p.scale), _flat(p.offset), m, k, qk.KIND_CODE[p.kind])
     return out
 
 

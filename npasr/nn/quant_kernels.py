@@ -9,19 +9,36 @@ v[32 b + j] in its low and v[32 b + j + 16] in its high nibble). The GEMV also r
 float16 matrix (KIND_F16: v the half values, no scale or offset), widening each value exactly.
 Shapes: M activation rows, N weight rows (outputs), K inputs, NB = K // 32 blocks per row.
 
-How the GEMV is written, and why (measured on Zen 4 with Numba 0.68 / LLVM 15):
+The GEMV's activations. For the quantized layouts each 32-block of each activation row is
+rounded to int16, `round_x16` (the NumPy spec): xs = max|x| / 32767, q = rint(x / xs),
+x_hat = xs q, so |x - x_hat| <= xs / 2 ~ 2^-16 max|x| per element, and the result is
+`ref.linear(x_hat, dequantize(w))` up to float32 rounding (the offset term uses the block sums
+of x_hat, so that holds for offset layouts too). A block holding inf or nan gets xs = nan, so
+every output it reaches is nan. The rounding is a few times the float32 summation error of a
+4096-long dot and 256x finer than the int8 activations of `int8_gemm`; tiny.en and base give
+the same jfk transcripts (greedy and beam 5, every weight type) with it as with float32
+activations (bench/RESULTS.md). Float16 weights keep float32 activations (exact widening, so
+only the summation order differs from the reference).
+
+How the GEMV is written, and why (measured on Zen 4 with Numba 0.68):
 * Numba types uint8/int8 arithmetic as int64, and LLVM leaves the 16- and 32-long per-block loops
   either scalar (once fully unrolled, the SLP vectorizer gives up because the float stores may
   alias the byte loads) or in a 64-wide vector body that a 16-long loop never enters. Plain Numba
   loops reached only ~9 GMAC/s on Q4 (about NumPy f32 speed).
-* So the inner loop over one weight row is emitted as LLVM IR with explicit `<16 x float>` vectors
-  (`_row_dot_*`, a Numba `@intrinsic`): per 32-weight block, widen the bytes (or nibbles) to
-  float32 exactly, multiply by the block scale once, then one `fmuladd` per 16 lanes per
-  activation row. All M <= 8 activation rows run in the same pass, with their 2 M accumulators in
-  registers, so a weight block is read and widened once for the whole beam. The IR is generic
-  (no target intrinsics): LLVM lowers it to AVX-512, AVX2 (two ymm per vector) or SSE.
-* Activations stay float32 and values are widened exactly, so the only error against the
-  reference is float32 summation order (32 lanes summed per row, then a pairwise tree).
+* So the inner loop over one weight row is emitted as LLVM IR with explicit vectors (`_row_dot_*`,
+  a Numba `@intrinsic`). All M <= 8 activation rows run in the same pass, with their
+  accumulators in registers, so a weight block is read and widened once for the whole beam.
+* Quantized layouts (`_row_dot_int_ir`): per 32-weight block, the values as two <16 x i16>, then
+  per activation row two pair-products into one <8 x i32> (`_madd`: pmaddwd on AVX2 CPUs, which
+  LLVM fuses with the add into vpdpwssd on VNNI ones), one int -> float conversion and one FMA by
+  the product of the two scales. Every integer partial sum is exact: a lane sums 4 products
+  |v q| <= 128 * 32767, so it stays below 2^24 and converts to float32 exactly.
+* Why int16 and not float32 activations: the float form (widen the bytes to float32, scale, one
+  FMA per 16 lanes; still the f16 path) is compute bound on Zen 4, where each 512-bit operation
+  runs as two halves: one thread reached ~18 GB/s of Q8_0 weight with it in L3, and two threads
+  streaming a 4096 x 4096 weight from memory missed the 0.5x-NumPy target in some runs. The int16
+  form does about a third of the vector work per block, on 256-bit vectors; on 4096 x 4096 Q8_0
+  (2 threads) it measured 0.39-0.55 ms in L3 against 0.52-0.69, and 8 rows 1.8 ms against 3.0.
 * The offset term is folded out of the inner loop: sum_j (s v - o) x = s sum_j v x - o sum_j x,
   with the per-block activation sums `xsum` (M, NB) computed once per call.
 * `prange` runs over chunks of rows so each thread allocates its scratch once;
@@ -65,29 +82,11 @@ def _offset_dot(offset: np.ndarray, xsum: np.ndarray, row: int, m: int, nbk: int
     return s
 
 
-@nb.njit(**_FAST)
-def block_sums_kernel(xsum: np.ndarray, x: np.ndarray, n_rows: int, k: int) -> None:
-    """xsum[m, b] = sum_j x[m, 32 b + j]; x (M*K,), xsum (M*NB,) flat."""
-    nbk = k // QB
-    for m in range(n_rows):
-        for b in range(nbk):
-            s = np.float32(0.0)
-            o = _u(m * k + b * QB)
-            for j in range(QB):
-                s += x[o + _u(j)]
-            xsum[_u(m * nbk + b)] = s
-
-
 # --- one weight row against up to MAX_ROWS activation rows, as explicit-vector LLVM IR ----------
 
 
-def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    return irutil.splat(builder, value, VL)
-
-
-def _hsum(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
-    """Pairwise sum of a <VL x float> (halves added log2(VL) times)."""
-    n = VL
+def _hsum(builder: ir.IRBuilder, v: ir.Value, n: int = VL) -> ir.Value:
+    """Pairwise sum of a <n x float> (halves added log2(n) times)."""
     while n > 1:
         n //= 2
         lo, hi = (
@@ -97,15 +96,13 @@ def _hsum(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
     return builder.extract_element(v, ir.IntType(32)(0))
 
 
-def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, kind: str) -> None:  # type: ignore[no-untyped-def]
-    """IR for res[m] = sum_b scale[i, b] * sum_j v[i, 32 b + j] * xb[b, m, j], m < n_act.
-
-    qs_p points at bytes whatever the kind (one kernel signature for every layout): 16 nibble
-    pairs, 32 int8 or 64 float16 bytes per block. kind "f16": float16 values, no scale."""
+def _row_dot_f16_ir(builder, qs_p, x_p, res_p, i, k, n_act: int) -> None:  # type: ignore[no-untyped-def]
+    """IR for res[m] = sum_j w[i, j] xb[b, m, j'] (j = 32 b + j'), m < n_act, for a float16
+    weight read as bytes (64 per block of 32 values; one kernel signature for every layout),
+    each half widened exactly to float32, one `fmuladd` per 16 lanes per activation row."""
     i64, f32 = ir.IntType(64), ir.FloatType()
-    vf, vb, vi = (ir.VectorType(t, VL) for t in (f32, ir.IntType(8), ir.IntType(32)))
-    u4 = kind == "u4"
-    block_bytes = {"u4": QB // 2, "i8": QB, "f16": 2 * QB}[kind]
+    vf, vh = ir.VectorType(f32, VL), ir.VectorType(ir.HalfType(), VL)
+    block_bytes = 2 * QB
     fmuladd = irutil.fn(builder, f"llvm.fmuladd.v{VL}f32", vf, [vf, vf, vf])
     nbk = builder.sdiv(k, i64(QB))
     q_row = builder.mul(builder.mul(i, nbk), i64(block_bytes))  # byte offset of row i
@@ -115,84 +112,133 @@ def _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i, k, n_act: int, kind: str) ->
         b = loop.index
         q = builder.gep(qs_p, [builder.add(q_row, builder.mul(b, i64(block_bytes)))])
         irutil.prefetch(builder, q)  # the weight bytes a few blocks ahead
-        if u4:  # byte j: value j in the low nibble, value j + 16 in the high nibble
-            z = builder.zext(builder.load(builder.bitcast(q, vb.as_pointer()), align=1), vi)
-            halves = [
-                builder.and_(z, ir.Constant(vi, [15] * VL)),
-                builder.lshr(z, ir.Constant(vi, [4] * VL)),
-            ]
-        elif kind == "f16":
-            vh = ir.VectorType(ir.HalfType(), VL)
-            halves = [
-                builder.load(
-                    builder.bitcast(builder.gep(q, [i64(2 * h * VL)]), vh.as_pointer()), align=2
-                )
-                for h in range(2)
-            ]
-        else:
-            halves = [
-                builder.load(
-                    builder.bitcast(builder.gep(q, [i64(h * VL)]), vb.as_pointer()), align=1
-                )
-                for h in range(2)
-            ]
-        if kind == "f16":  # exact widening, no scale
-            w = [builder.fpext(v, vf) for v in halves]
-        else:
-            s = _splat(
-                builder, builder.load(builder.gep(sc_p, [builder.add(builder.mul(i, nbk), b)]))
-            )
-            w = [builder.fmul(builder.sitofp(v, vf), s) for v in halves]  # exact, then * scale
+        w = [builder.fpext(irutil.vload(builder, q, i64(2 * h * VL), vh), vf) for h in range(2)]
         for m in range(n_act):
             xo = builder.mul(builder.add(builder.mul(b, i64(n_act)), i64(m)), i64(QB))
             for h in range(2):
-                xp = builder.bitcast(
-                    builder.gep(x_p, [builder.add(xo, i64(h * VL))]), vf.as_pointer()
-                )
+                xv = irutil.vload(builder, x_p, builder.add(xo, i64(h * VL)), vf)
                 acc = accs[2 * m + h]
-                builder.store(
-                    builder.call(fmuladd, [w[h], builder.load(xp, align=4), builder.load(acc)]), acc
-                )
+                builder.store(builder.call(fmuladd, [w[h], xv, builder.load(acc)]), acc)
     for m in range(n_act):
         t = _hsum(builder, builder.fadd(builder.load(accs[2 * m]), builder.load(accs[2 * m + 1])))
         builder.store(t, builder.gep(res_p, [i64(m)]))
 
 
+def _madd(builder: ir.IRBuilder, a: ir.Value, b: ir.Value) -> ir.Value:
+    """<16 x i16> a, b -> <8 x i32>: lane t = a[2t] b[2t] + a[2t+1] b[2t+1] (exact): pmaddwd
+    where the CPU has AVX2 (LLVM folds it with the add that follows into vpdpwssd where it can);
+    elsewhere plain IR of the same value, which LLVM lowers to the target's multiply-adds. (On
+    x86 the plain IR became pmaddwd for nibbles but vpmulld on 32-bit lanes for sign-extended
+    bytes, so x86 names the instruction.)"""
+    i32v = ir.VectorType(ir.IntType(32), 8)
+    if irutil.cpu_has("avx2"):
+        return builder.call(
+            irutil.fn(builder, "llvm.x86.avx2.pmadd.wd", i32v, [a.type] * 2), [a, b]
+        )
+    prods = []
+    for o in (0, 1):
+        sel = ir.Constant(i32v, list(range(o, 16, 2)))
+        ea = builder.sext(builder.shuffle_vector(a, a, sel), i32v)
+        eb = builder.sext(builder.shuffle_vector(b, b, sel), i32v)
+        prods.append(builder.mul(ea, eb, flags=["nsw"]))
+    return builder.add(prods[0], prods[1], flags=["nsw"])
+
+
+def _row_dot_int_ir(builder, qs_p, sc_p, xq_p, xs_p, res_p, i, k, n_act: int, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """IR for res[m] = sum_b scale[i, b] xs[b, m] sum_j v[i, 32 b + j] xq[b, m, j], m < n_act,
+    with xq (NB, n_act, 32) int16 and xs (NB, n_act) f32 (`_quantize_x16`), for the layouts
+    "i8" and "u4" read as bytes (one kernel signature for every layout).
+    Per block: the 32 values as two <16 x i16>, then per activation row two `_madd` into one
+    <8 x i32> (each lane 4 products: exact, and exact as float32), one conversion and one FMA
+    by the product of the two scales."""
+    i64, f32 = ir.IntType(64), ir.FloatType()
+    h = QB // 2
+    vw, vb = ir.VectorType(ir.IntType(16), h), ir.VectorType(ir.IntType(8), h)
+    vf = ir.VectorType(f32, h // 2)
+    fmuladd = irutil.fn(builder, f"llvm.fmuladd.v{h // 2}f32", vf, [vf, vf, vf])
+    u4 = kind == "u4"
+    block_bytes = QB // 2 if u4 else QB
+    nbk = builder.sdiv(k, i64(QB))
+    zero = ir.Constant(vf, [0.0] * (h // 2))
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_act)]
+    with cgutils.for_range(builder, nbk) as loop:
+        b = loop.index
+        blk = builder.add(builder.mul(i, nbk), b)
+        q = builder.gep(qs_p, [builder.mul(blk, i64(block_bytes))])
+        irutil.prefetch(builder, q)
+        if u4:  # byte j: value j (low nibble), value j + 16 (high nibble)
+            z = builder.zext(irutil.vload(builder, q, i64(0), vb), vw)
+            w = [
+                builder.and_(z, ir.Constant(vw, [15] * h)),
+                builder.lshr(z, ir.Constant(vw, [4] * h)),
+            ]
+        else:
+            w = [builder.sext(irutil.vload(builder, q, i64(c * h), vb), vw) for c in range(2)]
+        s_w = builder.load(builder.gep(sc_p, [blk]))
+        for m in range(n_act):
+            bm = builder.add(builder.mul(b, i64(n_act)), i64(m))
+            xo = builder.mul(bm, i64(QB))
+            p = builder.add(
+                _madd(builder, w[0], irutil.vload(builder, xq_p, xo, vw)),
+                _madd(builder, w[1], irutil.vload(builder, xq_p, builder.add(xo, i64(h)), vw)),
+                flags=["nsw"],
+            )
+            sc = builder.fmul(s_w, builder.load(builder.gep(xs_p, [bm])))
+            acc = accs[m]
+            t = builder.call(
+                fmuladd,
+                [builder.sitofp(p, vf), irutil.splat(builder, sc, h // 2), builder.load(acc)],
+            )
+            builder.store(t, acc)
+    for m in range(n_act):
+        builder.store(_hsum(builder, builder.load(accs[m]), h // 2), builder.gep(res_p, [i64(m)]))
+
+
+def _values(qs: np.ndarray, i: int, k: int, kind: str) -> np.ndarray:
+    """(NB, 32) values v of weight row i, read from the bytes as the IR reads them."""
+    nbk = k // QB
+    if kind == "u4":
+        q = qs[i * k // 2 : (i + 1) * k // 2].reshape(nbk, QB // 2)
+        return np.concatenate([q & 15, q >> 4], axis=1)
+    if kind == "i8":
+        return qs[i * k : (i + 1) * k].view(np.int8).reshape(nbk, QB)
+    return qs[2 * i * k : 2 * (i + 1) * k].view(np.float16).reshape(nbk, QB)
+
+
 def _make_row_dot(kind: str) -> Callable[..., None]:
-    """`row_dot(res, xb, qs, scale, i, n_act, k)`: res[m] = (weight row i without its offset) .
-    (activation row m), m < n_act <= MAX_ROWS, with xb the rows interleaved per block:
-    xb (NB, n_act, 32) flat, so one pointer walks every row's block in order."""
+    """`row_dot(res, xb, xs, qs, scale, i, n_act, k)`: res[m] = (weight row i without its
+    offset) . (activation row m), m < n_act <= MAX_ROWS, with the rows interleaved per block so
+    one pointer walks every row's block in order: xb (NB, n_act, 32), int16 with xs (NB, n_act)
+    their scales for "i8" and "u4", float32 for "f16" (xs and scale unused)."""
     if nb.config.DISABLE_JIT:
 
-        def row_dot_py(res, xb, qs, scale, i, n_act, k):  # type: ignore[no-untyped-def]
-            nbk = k // QB  # qs: bytes, as the IR reads them
-            if kind == "u4":
-                q = qs[i * k // 2 : (i + 1) * k // 2].reshape(nbk, QB // 2)
-                v = np.concatenate([q & 15, q >> 4], axis=1)  # (NB, 32)
-            elif kind == "i8":
-                v = qs[i * k : (i + 1) * k].view(np.int8).reshape(nbk, QB)
-            else:
-                v = qs[2 * i * k : 2 * (i + 1) * k].view(np.float16).reshape(nbk, QB)
+        def row_dot_py(res, xb, xs, qs, scale, i, n_act, k):  # type: ignore[no-untyped-def]
+            nbk = k // QB
+            v = _values(qs, i, k, kind).astype(np.float32)
+            xm = xb[: n_act * k].reshape(nbk, n_act, QB).astype(np.float32)
             if kind == "f16":
-                w = v.astype(np.float32)
-            else:
-                w = v.astype(np.float32) * scale[i * nbk : (i + 1) * nbk, None]  # (NB, 32)
-            res[:n_act] = np.einsum("bmj,bj->m", xb[: n_act * k].reshape(nbk, n_act, QB), w)
+                res[:n_act] = np.einsum("bmj,bj->m", xm, v)
+                return
+            p = np.einsum("bmj,bj->bm", xm, v)  # exact integers
+            sc = scale[i * nbk : (i + 1) * nbk, None] * xs[: nbk * n_act].reshape(nbk, n_act)
+            res[:n_act] = (p * sc).sum(axis=0)
 
         return row_dot_py
 
-    def row_dot(typingctx, res, xb, qs, scale, i, n_act, k):  # type: ignore[no-untyped-def]
-        sig = types.void(res, xb, qs, scale, i, n_act, k)
+    def row_dot(typingctx, res, xb, xs, qs, scale, i, n_act, k):  # type: ignore[no-untyped-def]
+        sig = types.void(res, xb, xs, qs, scale, i, n_act, k)
 
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            arrs, (i_v, n_v, k_v) = irutil.intrinsic_args(context, builder, signature, args, 4)
-            res_p, x_p, qs_p, sc_p = (a.data for a in arrs)
-            irutil.row_switch(
-                builder,
-                n_v,
-                MAX_ROWS,
-                lambda rows: _row_dot_ir(builder, qs_p, sc_p, x_p, res_p, i_v, k_v, rows, kind),
-            )
+            arrs, (i_v, n_v, k_v) = irutil.intrinsic_args(context, builder, signature, args, 5)
+            res_p, x_p, xs_p, qs_p, sc_p = (a.data for a in arrs)
+
+            def body(rows: int) -> None:
+                if kind == "f16":
+                    _row_dot_f16_ir(builder, qs_p, x_p, res_p, i_v, k_v, rows)
+                else:
+                    _row_dot_int_ir(builder, qs_p, sc_p, x_p, xs_p, res_p, i_v, k_v, rows, kind)
+
+            irutil.row_switch(builder, n_v, MAX_ROWS, body)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -206,6 +252,54 @@ _row_dot_f16 = _make_row_dot("f16")
 
 KIND_I8, KIND_U4, KIND_F16 = 0, 1, 2  # the `kind` argument of gemv_kernel
 KIND_CODE = {"i8": KIND_I8, "u4": KIND_U4, "f16": KIND_F16}
+X16_MAX = 32767  # the largest |q| of the int16 activations
+
+
+def round_x16(x: np.ndarray) -> np.ndarray:
+    """NumPy spec of the int16 activations: x (..., K) f32 -> x_hat = xs q (f32) per 32-block,
+    xs = max|x| / 32767 (f32), q = rint(x / xs) (0 where xs = 0); nan in every block that holds
+    inf or nan. x_hat is exact in float32 (|q| < 2^15, xs a float32)."""
+    xb = np.asarray(x, np.float32).reshape(-1, QB)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        amax = np.abs(xb).max(axis=1, keepdims=True)
+        xs = amax / np.float32(X16_MAX)
+        q = np.where(xs > 0, np.rint(xb / np.where(xs > 0, xs, 1)), 0).astype(np.float32)
+        bad = ~np.isfinite(xb).all(axis=1, keepdims=True)
+        return np.where(bad, np.float32(np.nan), xs * q).astype(np.float32).reshape(x.shape)
+
+
+@nb.njit(**_JIT)
+def _quantize_x16(
+    xq: np.ndarray, xs: np.ndarray, xsum: np.ndarray, x: np.ndarray, n_rows: int, k: int
+) -> None:
+    """`round_x16` of x (M*K,) flat, as the x16 row dot reads it: per group of MAX_ROWS rows,
+    xq (NB, rows, 32) int16 and xs (NB, rows) f32, flat; xsum (M*NB,) the block sums of x_hat."""
+    nbk = k // QB
+    for m0 in range(0, n_rows, MAX_ROWS):
+        mm = min(MAX_ROWS, n_rows - m0)
+        for b in range(nbk):
+            for m in range(mm):
+                src = _u((m0 + m) * k + b * QB)
+                amax = np.float32(0.0)
+                finite = True
+                for j in range(QB):
+                    v = x[src + _u(j)]
+                    finite = finite and np.isfinite(v)
+                    amax = max(amax, abs(v))
+                s = amax / np.float32(X16_MAX)
+                dst = _u(m0 * k + (b * mm + m) * QB)
+                qsum = 0
+                for j in range(QB):
+                    q = 0
+                    if finite and s > 0:
+                        q = int(np.rint(x[src + _u(j)] / s))
+                        q = min(max(q, -X16_MAX), X16_MAX)
+                    xq[dst + _u(j)] = q
+                    qsum += q
+                if not finite:
+                    s = np.float32(np.nan)
+                xs[_u(m0 * nbk + b * mm + m)] = s
+                xsum[_u((m0 + m) * nbk + b)] = s * np.float32(qsum)
 
 
 @nb.njit(**_JIT)
@@ -219,11 +313,29 @@ def _interleave_blocks(xb: np.ndarray, x: np.ndarray, m0: int, n_act: int, k: in
                 xb[dst + _u(j)] = x[src + _u(j)]
 
 
+@nb.njit(**_JIT)
+def _activations(x: np.ndarray, n_rows: int, k: int, kind: int):  # type: ignore[no-untyped-def]
+    """The per-call activation buffers of the GEMV, (xf, xq, xs, xsum): for KIND_F16 the float
+    rows interleaved (xf); for the quantized layouts the int16 activations (xq), their scales
+    and block sums (`_quantize_x16`). The buffers a kind does not use are empty."""
+    nbk = k // QB
+    if kind == KIND_F16:
+        xf = np.empty(n_rows * k, np.float32)
+        for m0 in range(0, n_rows, MAX_ROWS):
+            _interleave_blocks(xf[m0 * k :], x, m0, min(MAX_ROWS, n_rows - m0), k)
+        empty = np.empty(0, np.float32)
+        return xf, np.empty(0, np.int16), empty, empty
+    xq = np.empty(n_rows * k, np.int16)
+    xs = np.empty(n_rows * nbk, np.float32)
+    xsum = np.empty(n_rows * nbk, np.float32)
+    _quantize_x16(xq, xs, xsum, x, n_rows, k)
+    return np.empty(0, np.float32), xq, xs, xsum
+
+
 @nb.njit(parallel=True, **_FAST)
 def gemv_kernel(
     out: np.ndarray,
     x: np.ndarray,
-    xsum: np.ndarray,
     qs: np.ndarray,
     scale: np.ndarray,
     offset: np.ndarray,
@@ -233,53 +345,46 @@ def gemv_kernel(
 ) -> None:
     """out (M, N) = x (M, K) @ w.T for a Packed weight of kind KIND_U4 (qs: N*K/2 nibble-pair
     bytes), KIND_I8 (N*K int8 bytes) or KIND_F16 (2*N*K float16 bytes; no scale), qs always
-    viewed as uint8 so that one compiled signature serves every kind.
-    Flat: x (M*K,), scale/offset (N*NB,) (offset may be empty: no offset), xsum (M*NB,) block
-    sums of x (read only with an offset). Any M; each pass over the weight serves MAX_ROWS
-    activation rows."""
+    viewed as uint8 so that one compiled signature serves every kind; the quantized kinds round
+    the activations to int16 first (module docstring).
+    Flat: x (M*K,), scale/offset (N*NB,) (offset may be empty: no offset). Any M; each pass over
+    the weight serves MAX_ROWS activation rows."""
     n_out = out.shape[1]
-    xb = _interleaved(x, n_rows, k)
+    xf, xq, xs, xsum = _activations(x, n_rows, k, kind)
     # At most MAX_ITEMS work items of >= ROW_CHUNK rows: each allocates its scratch once, and
     # thousands of small items (a 51864-row vocabulary) serialized the threads on the allocator.
     n_items = min((n_out + ROW_CHUNK - 1) // ROW_CHUNK, MAX_ITEMS)
     per_item = (n_out + n_items - 1) // n_items
     for c in nb.prange(n_items):
         lo = c * per_item
-        _gemv_rows(out, xb, xsum, qs, scale, offset, n_rows, k, kind, lo, min(n_out, lo + per_item))
+        hi = min(n_out, lo + per_item)
+        _gemv_rows(out, xf, xq, xs, xsum, qs, scale, offset, n_rows, k, kind, lo, hi)
 
 
 @nb.njit(**_FAST)
-def gemv_serial_kernel(out, x, xsum, qs, scale, offset, n_rows, k, kind):  # type: ignore[no-untyped-def]
+def gemv_serial_kernel(out, x, qs, scale, offset, n_rows, k, kind):  # type: ignore[no-untyped-def]
     """`gemv_kernel` (same arguments, same result bits) on the calling thread only: for small
     weights, where waking the worker threads costs more than the product (ops.py)."""
-    xb = _interleaved(x, n_rows, k)
-    _gemv_rows(out, xb, xsum, qs, scale, offset, n_rows, k, kind, 0, out.shape[1])
-
-
-@nb.njit(**_JIT)
-def _interleaved(x: np.ndarray, n_rows: int, k: int) -> np.ndarray:
-    """x (M*K,) flat as groups of MAX_ROWS rows, each (NB, rows, 32), flat."""
-    xb = np.empty(n_rows * k, np.float32)
-    for m0 in range(0, n_rows, MAX_ROWS):
-        _interleave_blocks(xb[m0 * k :], x, m0, min(MAX_ROWS, n_rows - m0), k)
-    return xb
+    xf, xq, xs, xsum = _activations(x, n_rows, k, kind)
+    _gemv_rows(out, xf, xq, xs, xsum, qs, scale, offset, n_rows, k, kind, 0, out.shape[1])
 
 
 @nb.njit(**_FAST)
-def _gemv_rows(out, xb, xsum, qs, scale, offset, n_rows, k, kind, lo, hi):  # type: ignore[no-untyped-def]
-    """Output columns lo .. hi - 1 of `gemv_kernel` (its arguments, with x interleaved as xb)."""
+def _gemv_rows(out, xf, xq, xs, xsum, qs, scale, offset, n_rows, k, kind, lo, hi):  # type: ignore[no-untyped-def]
+    """Output columns lo .. hi - 1 of `gemv_kernel` (its arguments, with the activations as
+    `_activations` leaves them)."""
     nbk = k // QB
     has_offset = offset.shape[0] > 0
     res = np.empty(MAX_ROWS, np.float32)
     for i in range(lo, hi):
         for m0 in range(0, n_rows, MAX_ROWS):
             mm = min(MAX_ROWS, n_rows - m0)
-            if kind == KIND_U4:
-                _row_dot_u4(res, xb[m0 * k :], qs, scale, i, mm, k)
-            elif kind == KIND_F16:
-                _row_dot_f16(res, xb[m0 * k :], qs, scale, i, mm, k)
+            if kind == KIND_F16:
+                _row_dot_f16(res, xf[m0 * k :], xs, qs, scale, i, mm, k)
+            elif kind == KIND_U4:
+                _row_dot_u4(res, xq[m0 * k :], xs[m0 * nbk :], qs, scale, i, mm, k)
             else:
-                _row_dot_i8(res, xb[m0 * k :], qs, scale, i, mm, k)
+                _row_dot_i8(res, xq[m0 * k :], xs[m0 * nbk :], qs, scale, i, mm, k)
             for m in range(mm):
                 t = res[m]
                 if has_offset:

@@ -1,15 +1,21 @@
-"""Fused quantized kernels (via ops.linear) against the reference ref.linear(x, dequantize(w), b).
+"""Fused quantized kernels (via ops.linear) against the reference ref.linear(x', dequantize(w), b).
 
-Tolerance. Activations are not quantized: the kernels widen the int8/nibble values to float32
-exactly and differ from the reference only in float32 rounding order (fastmath reassociation,
-32 partial sums, and for offset layouts s*v*x summed and o*sum(x) subtracted instead of (s*v-o)*x).
-The classic forward-error bound for a K-term float sum then holds per output:
+x' is x itself, except in the GEMV (up to 8 rows) of a quantized layout, which rounds x per
+32-block to int16 (`quant_kernels.round_x16`; that rounding is tested on its own for exact
+equality with its NumPy spec, `test_x16_rounding_*`). The kernels widen the int8/nibble values
+exactly and differ from the reference only in float32 rounding (fastmath reassociation, partial
+sums, and for offset layouts s*v*x summed and o*sum(x') subtracted instead of (s*v-o)*x'). The
+classic forward-error bound for an n-term float sum then holds per output:
 
-    |y - y_ref| <= gamma_n * sum_j (|s v_j| + |o|) |x_j|,  gamma_n = n u / (1 - n u),
+    |y - y_ref| <= gamma_n * sum_j (|s v_j| + |o|) |x'_j|,  gamma_n = n u / (1 - n u),
     u = 2^-24, n = K + 4 (K products and sums, plus the scale, offset and bias steps),
 
-evaluated with the repacked scale s, value v and offset o. This is a proven bound, not a fitted
-one; measured errors are ~100x below it (~1e-7 relative).
+and for the int16 GEMV n = NB + 4: its 32-products of each block are exact integers, so only
+the NB block terms (each scaled by the rounded product of the two scales) are float sums. That
+tighter bound fails a Q8_0 GEMV whose x is not rounded as specified (checked in
+`test_gemv_bound_tells_unrounded_activations`; with offsets the |o| term makes it looser). Both
+are evaluated with the repacked scale s, value v and offset o. They are proven bounds, not
+fitted ones; measured errors are far below them (~1e-7 relative).
 """
 
 from __future__ import annotations
@@ -54,10 +60,19 @@ def _abs_weight_bound(w: QTensor) -> np.ndarray:
     return (sv + off).reshape(n, k)
 
 
-def _check(x: np.ndarray, w: QTensor, b: np.ndarray | None) -> None:
-    y = ops.linear(x, w, b)
-    want = ref.linear(x, w.dequantize(), b)
+def _int16_gemv(x: np.ndarray, w: QTensor) -> bool:
+    """Whether ops.linear(x, w) takes the GEMV with int16 activations."""
+    p = w.repack()
+    return x.shape[0] <= ops.GEMV_MAX_ROWS and p is not None and p.kind in ("i8", "u4")
+
+
+def _check(x: np.ndarray, w: QTensor, b: np.ndarray | None, y: np.ndarray | None = None) -> None:
+    """ops.linear(x, w, b) (or the given y) within the bound of the module docstring."""
+    y = ops.linear(x, w, b) if y is None else y
     n = w.shape[1] + 4
+    if _int16_gemv(x, w):
+        x, n = qk.round_x16(x), w.shape[1] // 32 + 4
+    want = ref.linear(x, w.dequantize(), b)
     bound = n * U / (1 - n * U) * (np.abs(x) @ _abs_weight_bound(w).T)
     if b is not None:
         bound += U * np.abs(want)
@@ -88,7 +103,7 @@ def test_gemv_rows_1_to_8(
 ) -> None:
     """Decoding path: every batch size 1..8; N = 75 is not a multiple of the row chunk. Both
     kernels (ops.GEMV_SERIAL_MAX_WEIGHTS picks one by size) give the same bits."""
-    monkeypatch.setattr(ops, "INT8_GEMV_MIN_WEIGHTS", 1 << 40)  # the float GEMV for every type
+    monkeypatch.setattr(ops, "INT8_GEMV_MIN_WEIGHTS", 1 << 40)  # the fused GEMV for every type
     w = _weight(qtype, 75, 512)
     rng = np.random.default_rng(1)
     b = rng.standard_normal(75).astype(np.float32)
@@ -103,6 +118,77 @@ def test_gemv_rows_1_to_8(
         assert calls == ["gemv_kernel" if kernel == "serial" else "gemv_serial_kernel"]
         monkeypatch.undo()
         monkeypatch.setattr(ops, "INT8_GEMV_MIN_WEIGHTS", 1 << 40)
+
+
+def _x16_cases(rng: np.random.Generator) -> np.ndarray:
+    """(9, 256) activation rows: Gaussian blocks and blocks of zeros, one inf, one nan, values
+    near 3e38, tiny normal values, exact rounding ties (x / xs = j + 0.5) and a lone nonzero."""
+    x = rng.standard_normal((9, 256)).astype(np.float32)
+    x[0, :32] = 0.0
+    x[1, 40] = np.inf
+    x[2, 70] = np.nan
+    x[3, 96:128] *= np.float32(3e38 / 4)  # |x| < 3.4e38, the block max near the float32 max
+    x[4, 128:160] *= np.float32(1e-30)
+    x[5, 160] = np.float32(16383.5)  # block max 32767 / 2: xs = 0.5 exactly
+    x[5, 161:192] = (np.arange(31, dtype=np.float32) + 1) * np.float32(0.25)  # x / xs = (j+1) / 2
+    x[6, 192:224] = 0.0
+    x[6, 200] = -2.5
+    return x
+
+
+@pytest.mark.parametrize("m", [1, 3, 8, 9])
+def test_x16_rounding_matches_its_spec(m: int) -> None:
+    """The GEMV's activation quantizer (`_quantize_x16`, interleaved per pass of MAX_ROWS rows)
+    gives exactly `round_x16`'s values, |q| <= 32767, |x - x_hat| <= xs / 2 for finite blocks,
+    and block sums xs * sum(q); a block with inf or nan gets xs = nan."""
+    x = _x16_cases(np.random.default_rng(7))[:m]
+    k, nbk = x.shape[1], x.shape[1] // 32
+    xq = np.empty(m * k, np.int16)
+    xs = np.empty(m * nbk, np.float32)
+    xsum = np.empty(m * nbk, np.float32)
+    qk._quantize_x16(xq, xs, xsum, x.reshape(-1), m, k)
+    q, s = np.empty((m, nbk, 32), np.int32), np.empty((m, nbk), np.float32)
+    for m0 in range(0, m, qk.MAX_ROWS):  # undo the interleave: (NB, rows, 32) per pass
+        mm = min(qk.MAX_ROWS, m - m0)
+        q[m0 : m0 + mm] = xq[m0 * k : (m0 + mm) * k].reshape(nbk, mm, 32).transpose(1, 0, 2)
+        s[m0 : m0 + mm] = xs[m0 * nbk : (m0 + mm) * nbk].reshape(nbk, mm).T
+    x_hat = (s[..., None] * q.astype(np.float32)).reshape(m, k)
+    want = qk.round_x16(x)
+    bad = ~np.isfinite(x.reshape(m, nbk, 32)).all(axis=-1)
+    np.testing.assert_array_equal(np.isnan(s), bad)
+    np.testing.assert_array_equal(x_hat.reshape(m, nbk, 32)[~bad], want.reshape(m, nbk, 32)[~bad])
+    assert np.isnan(want.reshape(m, nbk, 32)[bad]).all()
+    assert np.abs(q).max() <= qk.X16_MAX
+    err = np.abs(x - x_hat).reshape(m, nbk, 32)[~bad]
+    assert (err <= s[~bad][:, None] / 2).all()
+    with np.errstate(over="ignore"):  # the 3e38 block's sum is inf on both sides
+        sums = s * q.sum(-1).astype(np.float32)
+    np.testing.assert_array_equal(xsum.reshape(m, nbk)[~bad], sums[~bad])
+    if m > 5:  # the ties x / xs = 0.5, 1.5, ... round half to even, as np.rint
+        assert s[5, 5] == 0.5 and q[5, 5, 0] == qk.X16_MAX
+        np.testing.assert_array_equal(q[5, 5, 1:], np.rint((np.arange(31) + 1) / 2))
+        assert q[5, 5, 1] == 0 and q[5, 5, 3] == 2 and q[5, 5, 5] == 2
+
+
+def test_gemv_bound_tells_unrounded_activations() -> None:
+    """The int16 GEMV's bound (Q8_0) is tight enough to fail the exact product on float32 x
+    (what a kernel that skipped or changed the rounding would give), so `_check` can fail."""
+    w = _weight(GGMLType.Q8_0, 64, 512)
+    x = np.random.default_rng(5).standard_normal((2, 512)).astype(np.float32)
+    _check(x, w, None)
+    exact = (x.astype(np.float64) @ w.dequantize().astype(np.float64).T).astype(np.float32)
+    with pytest.raises(AssertionError, match="above the bound"):
+        _check(x, w, None, y=exact)
+
+
+def test_x16_gemv_reaches_nan_and_only_there() -> None:
+    """An inf or nan activation makes the outputs nan (as the float form), and no other row's."""
+    w = _weight(GGMLType.Q8_0, 40, 256)
+    x = np.ones((3, 256), np.float32)
+    x[1, 5] = np.inf
+    x[2, 200] = np.nan
+    y = ops.linear(x, w)
+    assert np.isfinite(y[0]).all() and np.isnan(y[1]).all() and np.isnan(y[2]).all()
 
 
 def test_gemv_serial_below_the_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,12 +306,14 @@ _NO_JIT_SCRIPT = """
 import numpy as np
 from npasr.io.gguf import GGMLType
 from npasr.nn import ops, quant, ref
+from npasr.nn import quant_kernels as qk
 rng = np.random.default_rng(0)
 for t in (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q5_1):
     w = quant.quantize(rng.standard_normal((18, 256)).astype(np.float32), t)
-    for m in (1, 3, 10):
+    for m in (1, 3, 10):  # 10 rows: the tile path, float32 activations
         x = rng.standard_normal((m, 256)).astype(np.float32)
-        y, r = ops.linear(x, w), ref.linear(x, w.dequantize())
+        xr = qk.round_x16(x) if m <= ops.GEMV_MAX_ROWS else x
+        y, r = ops.linear(x, w), ref.linear(xr, w.dequantize())
         assert np.abs(y - r).max() <= 1e-5 * np.abs(r).max(), (t, m)
 w16 = rng.standard_normal((18, 64)).astype(np.float16)
 x = rng.standard_normal((2, 64)).astype(np.float32)
