@@ -52,8 +52,8 @@ from npasr.types import F32
 
 GEMV_MAX_ROWS = 8  # decoder batch (beams); above this the tile + BLAS path wins
 # 4-bit weights this large run the int8 GEMM for few rows too (module docstring). Zen 4, 2
-# threads, 1 row, ms float GEMV / int8: Q4_0 1536x384 0.08 / 0.12, 2048x512 0.12 / 0.13,
-# 4096x1024 0.17 / 0.12, 51865x512 0.98 / 0.32.
+# threads, 1 row, ms float GEMV (before its int16 form) / int8: Q4_0 1536x384 0.08 / 0.12,
+# 2048x512 0.12 / 0.13, 4096x1024 0.17 / 0.12, 51865x512 0.98 / 0.32.
 INT8_GEMV_MIN_WEIGHTS = 1 << 21
 # A GEMV over at most this many weights (twice for two or more rows) runs on the calling thread:
 # waking the sleeping workers (OMP_WAIT_POLICY=PASSIVE, see npasr/__init__.py) costs ~50 us on

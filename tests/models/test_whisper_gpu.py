@@ -1,7 +1,9 @@
 """The Whisper audio encoder on the GPU (npasr.models.whisper.gpu) in Numba's CUDA simulator.
 
-One fresh process (`_SCRIPT`, NUMBA_ENABLE_CUDASIM=1, NPASR_INT8_GEMM=0 so the CPU encoder runs
-its exact float path for quantized weights instead of rounding activations to int8) builds a
+One fresh process (`_SCRIPT`, NUMBA_ENABLE_CUDASIM=1; NPASR_INT8_GEMM=0 and ops.GEMV_MAX_ROWS = 0
+so that the CPU encoder runs its exact float path for quantized weights, dequantized tiles and
+BLAS, instead of rounding activations to int8 (GEMM) or int16 (GEMV, which these 8 rows would
+take)) builds a
 tiny random encoder (8 mels, 16 frames -> T = 8 positions, D = 32, 2 heads, 2 blocks) three
 times: float32 matrices, Q8_0 and Q4_0 ones (`quant.quantize` of the same kind of random
 matrices, held as `QTensor`s in the `Linear`s). Each is run by the CPU `AudioEncoder` and by
@@ -37,12 +39,13 @@ import numpy as np
 from scipy.special import erf
 from npasr.io.gguf import GGMLType
 from npasr.models.whisper.gpu import GpuAudioEncoder, Launch
-from npasr.nn import cuda_kernels as ck, quant, ref
+from npasr.nn import cuda_kernels as ck, ops, quant, ref
 from npasr.nn.quant import QTensor
 from tests.models.whisper_ref import random_encoder
 from tests.nn.cuda_bounds import encoder as encoder_bound
 
 assert ck.available()
+ops.GEMV_MAX_ROWS = 0  # the CPU encoder's 8 rows take the exact tile path, not the int16 GEMV
 N_MELS, D, H, L, T = 8, 32, 2, 2, 8
 LAUNCH = Launch(threads=2, micro=8, bk=32, row_threads=4, elem_threads=256)
 out = {}

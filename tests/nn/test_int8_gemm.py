@@ -140,7 +140,7 @@ def test_disabled_by_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_few_rows_dispatch(qtype: GGMLType, monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoder-sized calls (M <= GEMV_MAX_ROWS): a 4-bit weight of at least
     INT8_GEMV_MIN_WEIGHTS runs this kernel (equal to gemm(), bit for bit); a smaller one, every
-    other type, and any type with NPASR_INT8_GEMM=0 run the exact float GEMV."""
+    other type, and any type with NPASR_INT8_GEMM=0 run the fused GEMV (int16 activations)."""
     k = 256 if qtype in (GGMLType.Q4_K, GGMLType.Q5_K) else 96
     w = _weight(qtype, 1000, k)
     x = _x(ops.GEMV_MAX_ROWS, k)
