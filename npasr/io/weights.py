@@ -186,7 +186,11 @@ class Weights:
         return self._tensors[key]
 
     def f32(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """The tensor as float32 (f16 storage is widened once, here), shape-checked if given."""
+        """The tensor as a float32 array of its own (f16 storage is widened once, here),
+        shape-checked if given. Never a view of the file: after a model's load nothing reads
+        the file's pages again (`GGUFFile.release_pages`), where a bias read in place would map
+        its neighbours back too; Linux maps a file a whole page-cache folio at a time, up to
+        4 MiB here (kernel 6.18: one decoder layer norm brought in 4 MiB of quantized weights)."""
         a = self[name]
         if not isinstance(a, np.ndarray):  # a quantized tensor where a float one is needed
             from npasr.nn.quant import QTensor
@@ -196,7 +200,7 @@ class Weights:
             raise ModelFileError(
                 f"{self.origin}: {self._prefix + name} has shape {tuple(a.shape)}, expected {shape}"
             )
-        return np.asarray(a, dtype=np.float32)
+        return np.array(a, dtype=np.float32)
 
     def has(self, name: str) -> bool:
         return self._prefix + name in self._tensors

@@ -585,6 +585,30 @@ class QTensor:
         part = self.blocks[r0:r1].reshape(-1, blk)
         return _DEQUANTIZE[self.qtype](part).reshape(r1 - r0, self.shape[-1])
 
+    def rows(self, ids: np.ndarray) -> F32:
+        """Rows `ids` (any shape) of the 2-D (rows, K) view -> (*ids.shape, K) float32, equal
+        to `dequantize()[ids]`. Read from the kernel layout where it is built (an embedding
+        table that is also the output projection), so a lookup after the model's load touches
+        none of the file's pages (`GGUFFile.release_pages`): the same values, a zero's sign
+        aside (Q4_0 gives 8 d - 8 d = +0 where d (8 - 8) is -0 for d < 0); else from the
+        blocks, bit for bit."""
+        ids = np.asarray(ids)
+        flat = ids.reshape(-1)
+        p = self._packed[0] if self._packed else None
+        if p is None:
+            part = self.blocks[flat].reshape(-1, GGML_BLOCK[self.qtype][1])
+            out = _DEQUANTIZE[self.qtype](part)
+        else:
+            v = p.qs[flat]
+            if p.kind == "u4":  # byte 16 b + j: value 32 b + j low, 32 b + j + 16 high
+                v = v.reshape(flat.size, self.shape[-1] // 32, 16)
+                v = np.concatenate([v & np.uint8(15), v >> np.uint8(4)], axis=-1)
+            nb = self.shape[-1] // 32
+            out = v.reshape(flat.size, nb, 32).astype(np.float32) * p.scale[flat][..., None]
+            if p.offset is not None:
+                out -= p.offset[flat][..., None]
+        return out.reshape(*ids.shape, self.shape[-1])
+
     def repack(self, keep: bool = True) -> Packed | None:
         """The kernel layout (`Packed`), built once and cached; None if no kernel takes the type.
 

@@ -114,17 +114,19 @@ def test_quantized_token_embedding_equals_its_dequantized_table(tiny_f16) -> Non
 @pytest.mark.weights
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
 def test_quantized_weights_are_not_held_twice() -> None:
-    """A quantized model builds every matrix's kernel layout at load (encoder ones too) and
-    then releases the file's pages: after a transcription only the float tensors and a few
-    token-table rows of the file are resident (tiny.en q8_0: 6.3 of 43 MB; 12 MB when the
-    encoder packed on first use, as it did; unreleased, all of it)."""
+    """A quantized model builds every matrix's kernel layout at load (encoder ones too), holds
+    its float tensors in arrays of its own and looks token rows up in the output projection's
+    layout, then releases the file's pages: a transcription reads none of them again, so none
+    is resident after it. (Before: the float tensors read in place kept 6.3 of tiny.en q8_0's
+    43 MB resident, and 12.6 MB on Linux 6.18, which maps a page-cache folio of up to 4 MiB
+    whole on a fault, so a layer norm brought its layer's quantized weights back.)"""
     from ..io.test_gguf import _resident_kib
 
     path = hub.resolve("whisper-tiny.en", wtype="q8_0")
     m = WhisperModel.from_gguf(path)
-    assert _resident_kib(path) < 1024
+    assert _resident_kib(path) == 0
     m.transcribe(JFK, temperature=0.0)
-    assert _resident_kib(path) < 0.2 * path.stat().st_size / 1024
+    assert _resident_kib(path) == 0
 
 
 @pytest.mark.weights

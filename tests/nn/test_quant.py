@@ -73,6 +73,30 @@ def test_dequantize_bit_exact_on_random_bytes(qtype: GGMLType) -> None:
     np.testing.assert_array_equal(w.dequantize().view(np.uint32), theirs.view(np.uint32))
 
 
+@pytest.mark.parametrize("qtype", LEGACY + K_QUANTS, ids=lambda t: t.name)
+def test_rows_equal_the_dequantized_rows(qtype: GGMLType) -> None:
+    """`QTensor.rows` (an embedding lookup) equals `dequantize()[ids]`: bit for bit from the
+    blocks; once the kernel layout is built (`repack`), from it, the same values (== holds
+    -0 and +0 equal: Q4_0's layout gives +0 where d (q - 8) is -0)."""
+    block, nbytes = GGML_BLOCK[qtype]
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 256, (24 * 2, nbytes), dtype=np.uint8)
+    f16_at = {GGMLType.Q6_K: [208]}.get(
+        qtype,
+        [0, 2] if qtype in (GGMLType.Q4_1, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.Q5_K) else [0],
+    )
+    for o in f16_at:
+        raw[:, o : o + 2] = rng.uniform(-2, 2, (raw.shape[0], 1)).astype(np.float16).view(np.uint8)
+    w = QTensor(qtype, (24, 2 * block), raw.reshape(-1))
+    ids = np.array([[3, 0, 23], [3, 17, 5]])
+    want = w.dequantize()[ids].view(np.uint32)
+    np.testing.assert_array_equal(w.rows(ids).view(np.uint32), want)
+    if w.repack() is not None:
+        assert w.rows(ids).dtype == np.float32
+        np.testing.assert_array_equal(w.rows(ids), w.dequantize()[ids])
+    assert w.rows(np.array([], np.int64)).shape == (0, 2 * block)
+
+
 def test_q4_0_literal() -> None:
     """Hand-checkable: x = -16..15 gives d = -16 / -8 = 2, q = trunc(x / 2 + 8.5) clipped to 15,
     so even x come back exactly, odd x round up to x + 1, and 15 saturates to 14."""

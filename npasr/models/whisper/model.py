@@ -274,8 +274,7 @@ def _embedding_rows(emb: F32 | QTensor, ids: np.ndarray) -> F32:
     """Rows `ids` (any shape) of a (V, D) embedding table -> (*ids.shape, D) float32."""
     if isinstance(emb, np.ndarray):
         return emb[ids].astype(np.float32, copy=False)
-    rows = QTensor(emb.qtype, (ids.size, emb.shape[1]), emb.blocks[ids.reshape(-1)].reshape(-1))
-    return rows.dequantize().reshape(*ids.shape, emb.shape[1])
+    return emb.rows(ids)
 
 
 @dataclass
