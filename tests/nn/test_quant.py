@@ -55,12 +55,11 @@ def test_dequantize_bit_exact_on_quantized(qtype: GGMLType) -> None:
     np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))
 
 
-@pytest.mark.parametrize("qtype", LEGACY + K_QUANTS, ids=lambda t: t.name)
-def test_dequantize_bit_exact_on_random_bytes(qtype: GGMLType) -> None:
-    """Any bit pattern in the value fields; f16 fields drawn finite (NaN payloads aside)."""
-    block, nbytes = GGML_BLOCK[qtype]
-    rng = np.random.default_rng(2)
-    n_blocks = 64
+def _random_blocks(qtype: GGMLType, n_blocks: int, seed: int) -> np.ndarray:
+    """(n_blocks * bytes,) uint8: any bit pattern in the value fields, the f16 fields drawn
+    finite (NaN payloads aside)."""
+    nbytes = GGML_BLOCK[qtype][1]
+    rng = np.random.default_rng(seed)
     raw = rng.integers(0, 256, (n_blocks, nbytes), dtype=np.uint8)
     f16_at = {GGMLType.Q6_K: [208]}.get(
         qtype,
@@ -68,7 +67,15 @@ def test_dequantize_bit_exact_on_random_bytes(qtype: GGMLType) -> None:
     )
     for o in f16_at:
         raw[:, o : o + 2] = rng.uniform(-2, 2, (n_blocks, 1)).astype(np.float16).view(np.uint8)
-    w = QTensor(qtype, (4, n_blocks * block // 4), raw.reshape(-1))
+    return raw.reshape(-1)
+
+
+@pytest.mark.parametrize("qtype", LEGACY + K_QUANTS, ids=lambda t: t.name)
+def test_dequantize_bit_exact_on_random_bytes(qtype: GGMLType) -> None:
+    """Random block bytes (`_random_blocks`) dequantize as gguf-py does, bit for bit."""
+    n_blocks = 64
+    shape = (4, n_blocks * GGML_BLOCK[qtype][0] // 4)
+    w = QTensor(qtype, shape, _random_blocks(qtype, n_blocks, 2))
     theirs = gq.dequantize(w.blocks, _oracle(qtype))
     np.testing.assert_array_equal(w.dequantize().view(np.uint32), theirs.view(np.uint32))
 
@@ -78,16 +85,8 @@ def test_rows_equal_the_dequantized_rows(qtype: GGMLType) -> None:
     """`QTensor.rows` (an embedding lookup) equals `dequantize()[ids]`: bit for bit from the
     blocks; once the kernel layout is built (`repack`), from it, the same values (== holds
     -0 and +0 equal: Q4_0's layout gives +0 where d (q - 8) is -0)."""
-    block, nbytes = GGML_BLOCK[qtype]
-    rng = np.random.default_rng(3)
-    raw = rng.integers(0, 256, (24 * 2, nbytes), dtype=np.uint8)
-    f16_at = {GGMLType.Q6_K: [208]}.get(
-        qtype,
-        [0, 2] if qtype in (GGMLType.Q4_1, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.Q5_K) else [0],
-    )
-    for o in f16_at:
-        raw[:, o : o + 2] = rng.uniform(-2, 2, (raw.shape[0], 1)).astype(np.float16).view(np.uint8)
-    w = QTensor(qtype, (24, 2 * block), raw.reshape(-1))
+    block = GGML_BLOCK[qtype][0]
+    w = QTensor(qtype, (24, 2 * block), _random_blocks(qtype, 24 * 2, 3))
     ids = np.array([[3, 0, 23], [3, 17, 5]])
     want = w.dequantize()[ids].view(np.uint32)
     np.testing.assert_array_equal(w.rows(ids).view(np.uint32), want)
