@@ -12,6 +12,7 @@ the official run in test_gigaam_real.py.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -133,3 +134,21 @@ def test_4bit_stays_near_f32(files: dict, wtype: str, audio: np.ndarray) -> None
     rel = np.linalg.norm(enc_q - enc_f) / np.linalg.norm(enc_f)
     assert rel < 0.15  # measured 0.091 (4-bit: 16 levels per block of 32; one block per row)
     assert mq.transcribe(audio).text  # the whole path runs on 4-bit matrices
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+@pytest.mark.parametrize("wtype", ["q8_0", "q4_k"])
+@pytest.mark.parametrize("name", ["tiny_v3_rnnt", "tiny_v2rel_ctc"])
+def test_quantized_model_reads_nothing_from_its_file_after_load(
+    files: dict, name: str, wtype: str, audio: np.ndarray
+) -> None:
+    """Every kernel layout (the v2 subsampling's `out`, the transducer joint's too) is built at
+    load and the float tensors are arrays of their own, so after `release_pages` a
+    transcription faults none of the file's pages back (the joint's, built on first use, did)."""
+    from ..io.test_gguf import _resident_kib
+
+    path = files[(name, wtype)]
+    m = GigaAMModel.from_gguf(path)
+    assert _resident_kib(path) == 0
+    m.transcribe(audio)
+    assert _resident_kib(path) == 0

@@ -57,7 +57,9 @@ class StridingSubsampling:
             convs: list = [Conv1d.load(w.sub("conv").sub(i), stride=2, padding=pad) for i in (0, 2)]
             return cls(convs, None, pad)
         convs = [(w.f32(f"conv.{i}.weight"), w.f32(f"conv.{i}.bias")) for i in (0, 2)]
-        return cls(convs, Linear.load(w.sub("out")), pad)
+        out = Linear.load(w.sub("out"))
+        out.prepare_gemm()  # all frames at once; built now, the file is not read after load
+        return cls(convs, out, pad)
 
     def __call__(self, mel: F32) -> F32:  # (M, T_mel) -> (T, D)
         if self.out is None:
@@ -105,9 +107,14 @@ class RNNTJoint:
 
     @classmethod
     def load(cls, w: Weights) -> RNNTJoint:
-        # enc runs once over all frames; pred and joint_net one row per decoding step
-        return cls(Linear.load(w.sub("enc")), Linear.load(w.sub("pred"), panels=False),
-                   Linear.load(w.sub("joint_net").sub(1), panels=False))  # fmt: skip
+        # enc runs once over all frames; pred and joint_net one row per decoding step. Their
+        # kernel layouts are built now: the model's file is not read after its load.
+        joint = cls(Linear.load(w.sub("enc")), Linear.load(w.sub("pred"), panels=False),
+                    Linear.load(w.sub("joint_net").sub(1), panels=False))  # fmt: skip
+        joint.enc.prepare_gemm()
+        joint.pred.prepare_gemv()
+        joint.joint_net.prepare_gemv()
+        return joint
 
 
 @dataclass
