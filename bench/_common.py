@@ -94,6 +94,23 @@ def loadavg() -> str:
         return "n/a"
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory, MiB: VmHWM of /proc/self/status, which belongs to
+    the address space exec gave it. Not ru_maxrss: Linux carries the parent's high-water mark
+    over fork + exec into it, so a child of a parent that once held 1.3 GB (a converted
+    checkpoint) reports 1.3 GB whatever it used itself. ru_maxrss where /proc is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # noqa: PLC0415  (POSIX only)
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
 def machine_facts() -> dict[str, object]:
     cpu = "unknown"
     try:

@@ -23,7 +23,6 @@ import _blas_env  # noqa: F401  (first: before NumPy loads OpenBLAS)
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -109,7 +108,7 @@ def child(spec: dict) -> None:
             text = fn()
             walls.append(time.perf_counter() - t0)
         res[mode] = {"min_s": min(walls), "walls": walls, "chars": len(text)}
-    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mib"] = C.peak_rss_mib()
     C.emit(res)
 
 

@@ -140,8 +140,6 @@ def _cpu_s() -> float:
 
 
 def child(spec: dict) -> None:
-    import resource
-
     engine, model, threads = spec["engine"], spec["model"], spec["threads"]
     audio = {a: np.load(p) for a, p in spec["audio"].items()}
     try:
@@ -186,8 +184,7 @@ def child(spec: dict) -> None:
                 "load1": load1,
             }
         )
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    C.emit({"event": "end", "peak_rss_mib": rss_mib})
+    C.emit({"event": "end", "peak_rss_mib": C.peak_rss_mib()})
 
 
 # --- parent -------------------------------------------------------------------------------------
