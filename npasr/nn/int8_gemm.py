@@ -59,7 +59,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from npasr.nn import irutil, jit
-from npasr.nn.quant import Packed, QTensor
+from npasr.nn.quant import Packed, QTensor, _unpack_nibbles
 from npasr.types import F32
 
 QB = 32  # k values per block (every Packed layout)
@@ -103,8 +103,7 @@ def _values(p: Packed, n: int, k: int) -> np.ndarray:
     """(N, K) int16 weight values v of a Packed layout."""
     if p.kind == "i8":
         return p.qs.astype(np.int16)
-    qs = p.qs.reshape(n, k // QB, QB // 2)
-    return np.concatenate([qs & 15, qs >> 4], axis=-1).reshape(n, k).astype(np.int16)
+    return _unpack_nibbles(p.qs.reshape(-1, QB // 2)).reshape(n, k).astype(np.int16)
 
 
 def _panels(a: np.ndarray, n_pad: int) -> np.ndarray:

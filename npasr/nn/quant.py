@@ -600,11 +600,10 @@ class QTensor:
             out = _DEQUANTIZE[self.qtype](part)
         else:
             v = p.qs[flat]
-            if p.kind == "u4":  # byte 16 b + j: value 32 b + j low, 32 b + j + 16 high
-                v = v.reshape(flat.size, self.shape[-1] // 32, 16)
-                v = np.concatenate([v & np.uint8(15), v >> np.uint8(4)], axis=-1)
-            nb = self.shape[-1] // 32
-            out = v.reshape(flat.size, nb, 32).astype(np.float32) * p.scale[flat][..., None]
+            if p.kind == "u4":  # the Q4_0 byte order (`Packed`)
+                v = _unpack_nibbles(v.reshape(-1, 16))
+            v = v.reshape(flat.size, self.shape[-1] // 32, 32)
+            out = v.astype(np.float32) * p.scale[flat][..., None]
             if p.offset is not None:
                 out -= p.offset[flat][..., None]
         return out.reshape(*ids.shape, self.shape[-1])
