@@ -70,27 +70,19 @@ def load_model(
     """Load a model by name (`npasr models list`) or from a .gguf path.
 
     A named model is converted into the cache on first use from its installed weight package;
-    a CTranslate2 / OpenAI .pt / HF directory path is converted into the cache too.
+    a checkpoint path of any family in `npasr.models.registry` is converted into the cache too.
     device "cuda" (Whisper only, experimental): the encoder's blocks run on a CUDA GPU through
     numba.cuda (numba-cuda and a CUDA driver needed); decoding stays on the CPU.
     """
     from npasr import hub
     from npasr.io.gguf import read_gguf
-    from npasr.models.whisper.asr import WhisperModel
+    from npasr.models import registry
 
     if threads is not None:
         set_num_threads(threads)
     path = hub.resolve(str(name_or_path) if name_or_path is not None else hub.DEFAULT_MODEL)
     f = read_gguf(path)
-    if f.architecture == "whisper":
-        return WhisperModel.from_gguf(f, device=device)
-    if device != "cpu":
-        raise DeviceError(f"{path}: {f.architecture} models run on the CPU only (device='cpu')")
-    if f.architecture == "gigaam":
-        from npasr.models.gigaam.asr import GigaAMModel  # noqa: PLC0415
-
-        return GigaAMModel.from_gguf(f)
-    raise ModelFileError(f"{path}: architecture {f.architecture!r} is not supported yet")
+    return registry.for_architecture(f.architecture, origin=path).load(f, device)
 
 
 def transcribe(audio: Any, model: str | Path | None = None, **options: Any) -> TranscriptionResult:

@@ -108,7 +108,7 @@ _DECODE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("no-speech-threshold", dict(type=_FLOAT, default=0.6, metavar="F",
                                  help="P(no speech) above which a failed window is silent")),
     ("without-timestamps", dict(action="store_true", help="text only, no segment timestamps")),
-    # CTC models (GigaAM): prefix beam search and an ARPA word n-gram by shallow fusion
+    # CTC models: prefix beam search and an ARPA word n-gram by shallow fusion
     ("ctc-beam-size", dict(type=_INT, default=None, metavar="N",
                            help="CTC prefix beam search width; unset: greedy (16 with --lm)")),
     ("lm", dict(dest="lm_path", default=None, metavar="PATH", help="ARPA n-gram (CTC models)")),
@@ -138,7 +138,7 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     # fmt: off
     p.add_argument("files", nargs="+", metavar="FILE", help="audio file(s), or - for stdin")
     opt("model", "-m", default=npasr.hub.DEFAULT_MODEL, metavar="NAME|PATH",
-        help="model name (npasr models list) or .gguf file")
+        help="model name (npasr models list), .gguf file, or a checkpoint to convert")
     for name, kw in _DECODE_FLAGS:
         opt(name, **kw)
     opt("output-format", "-f", default="all", choices=[*FORMATS, "all"], help="file type(s)")
@@ -146,7 +146,8 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     opt("threads", "-t", type=_positive_int, default=None, metavar="N",
         help="for Numba and BLAS; unset: every CPU available")
     opt("device", default="cpu", choices=["cpu", "cuda"],
-        help="cuda: Whisper's encoder on a CUDA GPU (experimental; decoding stays on the CPU)")
+        help="cuda: the encoder on a CUDA GPU, for models that have one (Whisper; "
+             "experimental; decoding stays on the CPU)")
     opt("verbose", type=_bool, default=True, metavar="BOOL", help="print segments to stdout")
     opt("no-progress", action="store_true", help="no progress bar (shown for files over 30 s)")
     # fmt: on
@@ -157,6 +158,13 @@ def _print(line: str) -> None:
     # a console that cannot show a character gets '?' instead of a UnicodeEncodeError
     enc = sys.stdout.encoding or "utf-8"
     print(line.encode(enc, errors="replace").decode(enc), flush=True)
+
+
+def _accepted(model: Any, opts: dict[str, Any]) -> dict[str, Any]:
+    """The options this model's transcribe() takes: each family has the whisper options that
+    mean something to it (GigaAM: language, the CTC beam and LM ones); the rest are dropped."""
+    accepted = inspect.signature(model.transcribe).parameters
+    return {k: v for k, v in opts.items() if k in accepted}
 
 
 def _transcribe_one(model: Any, path: str, args: argparse.Namespace, opts: dict[str, Any]) -> None:
@@ -182,10 +190,8 @@ def _transcribe_one(model: Any, path: str, args: argparse.Namespace, opts: dict[
         else:
             _print(line)
 
-    # each family takes the whisper options it has (GigaAM: language only); drop the rest
-    accepted = inspect.signature(model.transcribe).parameters
-    opts = {k: v for k, v in opts.items() if k in accepted}
-    live = args.verbose and "segment_callback" in accepted
+    opts = _accepted(model, opts)
+    live = args.verbose and "segment_callback" in inspect.signature(model.transcribe).parameters
     if live:
         opts["segment_callback"] = show
     try:
@@ -330,7 +336,8 @@ def _warmup(args: argparse.Namespace) -> int:
     model = npasr.load_model(args.model, threads=args.threads)
     t1 = time.perf_counter()
     # beam 5 as in `transcribe`'s default, so the batched decoder path is compiled too
-    model.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), temperature=(0.0,), beam_size=5)
+    opts = _accepted(model, {"temperature": (0.0,), "beam_size": 5})
+    model.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), **opts)
     t2 = time.perf_counter()
     print(f"warmup: model loaded in {t1 - t0:.2f} s, 1 s of silence transcribed in {t2 - t1:.2f} s")
     return 0
@@ -360,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=_convert)
 
     warm = sub.add_parser("warmup", help="compile and cache the kernels once")
-    warm.add_argument("--model", "-m", default=npasr.hub.DEFAULT_MODEL, help="name or .gguf file")
+    warm.add_argument("--model", "-m", default=npasr.hub.DEFAULT_MODEL,
+                      help="name, .gguf file or checkpoint")
     warm.add_argument("--threads", "-t", type=_positive_int, default=None,
                       help="compiling processes and threads (unset: all CPUs)")
     warm.set_defaults(func=_warmup)

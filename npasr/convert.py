@@ -1,8 +1,8 @@
-"""Checkpoint -> GGUF conversion: detect the model family of a source, then write npasr GGUF.
+"""Checkpoint -> GGUF conversion: find the model family of a source, let it write npasr GGUF.
 
-Whisper (CTranslate2 directory, openai .pt, Hugging Face directory) and GigaAM (official .ckpt);
-the GGUF conventions are in weights/README.md. Weight types: f32, f16, q8_0, q4_0, q4_k, with the
-per-tensor rule of `npasr.io.weights.storage_for`.
+The families and the sources each converts are in `npasr.models.registry`; the GGUF conventions
+are in weights/README.md. Weight types: f32, f16, q8_0, q4_0, q4_k, with the per-tensor rule of
+`npasr.io.weights.storage_for`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from npasr.io.weights import check_wtype
+from npasr.models import registry
 from npasr.types import ModelFileError
 
 Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
@@ -30,35 +31,13 @@ def convert(
         if not p.exists():
             raise ModelFileError(f"{p}: no such file or directory")
     check_wtype(wtype)  # before the load, so a bad --type fails fast
-    if detect_family(paths[0]) == "gigaam":
-        from npasr.models.gigaam import weights as gigaam  # noqa: PLC0415
-
-        return gigaam.save_gguf(gigaam.load_source(paths[0], tokenizer), out, wtype)
-    from npasr.models.whisper import weights as whisper  # noqa: PLC0415 (family modules on demand)
-
-    if detect_family(paths[0]) != "whisper":
-        raise ModelFileError(
-            f"{paths[0]}: cannot tell which model this is; npasr converts Whisper checkpoints "
-            "(CTranslate2 directory with model.bin, Hugging Face directory with config.json + "
-            "model.safetensors, openai .pt)"
-        )
-    source = whisper.load_source(paths if len(paths) > 1 else paths[0], tokenizer=tokenizer)
-    return whisper.save_gguf(source, out, wtype)
+    return registry.detect(paths[0]).convert(paths, out, wtype, tokenizer)
 
 
-def detect_family(path: Path) -> str | None:
-    """'whisper' or 'gigaam' when the source looks like one of their checkpoints, else None."""
-    if path.is_dir():
-        if any(path.glob("model.bin*")):  # CTranslate2: only WhisperSpec is convertible today
-            return "whisper"
-        cfg = path / "config.json"
-        if cfg.is_file() and '"whisper"' in cfg.read_text("utf-8", errors="replace"):
-            return "whisper"  # HF: "model_type": "whisper"
+def detect_family(path: str | os.PathLike[str]) -> str | None:
+    """The name of the family whose checkpoint `path` is, else None (also when several claim it:
+    `registry.detect` says which)."""
+    try:
+        return registry.detect(path).name
+    except ModelFileError:
         return None
-    if path.is_file() and path.suffix in (".pt", ".pth", ".ckpt"):
-        from npasr.models.gigaam.weights import is_gigaam_checkpoint  # noqa: PLC0415
-
-        if is_gigaam_checkpoint(path):  # the cfg pickle names gigaam.* hydra targets
-            return "gigaam"
-        return "whisper"  # the openai dims/model_state_dict layout is checked while loading
-    return None

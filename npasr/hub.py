@@ -151,7 +151,7 @@ def _current(path: Path) -> bool:
 
 def resolve(name_or_path: str | os.PathLike[str], wtype: str = "f16") -> Path:
     """A .gguf path as is; a named model's cached GGUF (installed on first use); or a local
-    CTranslate2/openai/HF checkpoint converted into the cache."""
+    checkpoint of any family `npasr.convert` knows, converted into the cache."""
     path = Path(name_or_path)
     if path.is_file() and path.suffix == ".gguf":
         return path
