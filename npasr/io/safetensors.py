@@ -73,3 +73,38 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray
             a = (a.astype(np.uint32) << 16).view(np.float32)
         tensors[name] = a
     return tensors, {str(k): str(v) for k, v in meta.items()}
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object file (config.json, an index), with the file named in every error."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: unreadable JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_hf_weights(d: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every tensor of a Hugging Face model directory: `model.safetensors`, or the shards that
+    `model.safetensors.index.json` names (each must exist and hold the tensors mapped to it)."""
+    d = Path(d)
+    index = d / "model.safetensors.index.json"
+    if not index.is_file():
+        return read_safetensors(d / "model.safetensors")[0]
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelFileError(f"{index}: no weight_map")
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(set(map(str, weight_map.values()))):
+        if Path(shard).name != shard:
+            raise ModelFileError(f"{index}: shard {shard!r} is not a file name in {d}")
+        tensors.update(read_safetensors(d / shard)[0])
+    missing = [k for k in weight_map if k not in tensors]
+    if missing:
+        raise ModelFileError(f"{index}: {len(missing)} tensors missing from the shards, "
+                             f"e.g. {missing[0]!r}")  # fmt: skip
+    return tensors

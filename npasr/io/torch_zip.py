@@ -188,18 +188,22 @@ def _member_view(mm: np.ndarray, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
 def load_torch_checkpoint(
     path: str | os.PathLike[str],
     extra_allowed: dict[tuple[str, str], Callable[..., Any]] | None = None,
+    *,
+    region: tuple[int, int] | None = None,
 ) -> Any:
     """Unpickle a zip-format torch checkpoint; tensors become NumPy arrays.
 
     `extra_allowed` maps (module, name) globals a model family needs to safe replacements,
     e.g. OmegaConf's `DictConfig` -> a `dict` subclass whose `__setstate__` takes the state
     (objects pickled by NEWOBJ + BUILD need a class there, plain REDUCE calls any callable).
+    `region` (offset, size): the checkpoint is those bytes of `path`, e.g. a member of an
+    uncompressed tar (NeMo's .nemo), read in place without extracting it.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such checkpoint file")
     try:
-        return _load(path, extra_allowed or {})
+        return _load(path, extra_allowed or {}, region)
     except ModelFileError as e:
         if str(e).startswith(str(path)):
             raise
@@ -210,15 +214,54 @@ def load_torch_checkpoint(
         raise ModelFileError(f"{path}: malformed torch checkpoint ({type(e).__name__}: {e})") from e
 
 
-def _load(path: Path, extra: dict[tuple[str, str], Any]) -> Any:
-    with path.open("rb") as f:
-        head = f.read(4)
-    if head[:2] == b"\x80\x02" or (head[:1] == b"\x80" and not zipfile.is_zipfile(path)):
-        raise ModelFileError(_LEGACY_HINT)
-    if not zipfile.is_zipfile(path):
-        raise ModelFileError("not a torch checkpoint (not a zip archive)")
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
-    with zipfile.ZipFile(path) as zf:
+class _Window:
+    """A read-only, seekable file object over bytes [offset, offset + size) of a file."""
+
+    def __init__(self, path: Path, offset: int, size: int) -> None:
+        self._f, self._base, self._size, self._pos = path.open("rb"), offset, size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
+        self._f.seek(self._base + self._pos)
+        data = self._f.read(max(n, 0))
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _load(path: Path, extra: dict[tuple[str, str], Any], region: tuple[int, int] | None) -> Any:
+    offset, size = region if region is not None else (0, path.stat().st_size)
+    if offset < 0 or size < 0 or offset + size > path.stat().st_size:
+        raise ModelFileError("truncated: the checkpoint runs past the end of the file")
+    src = _Window(path, offset, size)
+    try:
+        head = src.read(4)
+        is_zip = zipfile.is_zipfile(src)  # type: ignore[arg-type]
+        if head[:2] == b"\x80\x02" or (head[:1] == b"\x80" and not is_zip):
+            raise ModelFileError(_LEGACY_HINT)
+        if not is_zip:
+            raise ModelFileError("not a torch checkpoint (not a zip archive)")
+        mm = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(size,))
+        return _unpickle(zipfile.ZipFile(src), mm, extra)  # type: ignore[arg-type]
+    finally:
+        src.close()
+
+
+def _unpickle(zf: zipfile.ZipFile, mm: np.ndarray, extra: dict[tuple[str, str], Any]) -> Any:
+    with zf:
         infos = {i.filename: i for i in zf.infolist()}
         pkl = [n for n in infos if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pkl) != 1:

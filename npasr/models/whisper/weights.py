@@ -24,7 +24,7 @@ import numpy as np
 
 from npasr.io.ct2 import read_ct2
 from npasr.io.gguf import RawTensor, write_gguf
-from npasr.io.safetensors import read_safetensors
+from npasr.io.safetensors import read_hf_weights, read_json
 from npasr.io.torch_zip import load_torch_checkpoint
 from npasr.io.weights import (
     FILE_TYPES,
@@ -312,7 +312,7 @@ def _load_ct2(dirs: list[Path], tok: Path | None) -> WhisperSource:
     check_names_and_shapes(tensors, openai_shapes(cfg), source=source)
     heads = None
     if (main / "config.json").is_file():
-        heads = _alignment_heads(_json(main / "config.json").get("alignment_heads"))
+        heads = _alignment_heads(read_json(main / "config.json").get("alignment_heads"))
     if tok is None:
         names = ("vocabulary.txt", "vocabulary.json", "tokenizer.json")
         tok = next((main / n for n in names if (main / n).is_file()), None)
@@ -328,32 +328,13 @@ def _count_blocks(tensors: dict[str, np.ndarray], side: str) -> int:
     return len({k.split(".")[2] for k in tensors if k.startswith(f"{side}.blocks.")})
 
 
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelFileError(f"{path}: unreadable JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ModelFileError(f"{path}: expected a JSON object")
-    return data
-
-
 def _load_hf(d: Path, tok: Path | None) -> WhisperSource:
     source = f"hf:{d.name}"
-    cfg = WhisperConfig.from_hf(_json(d / "config.json"))
-    index = d / "model.safetensors.index.json"
-    files = (
-        sorted(set(_json(index)["weight_map"].values()))
-        if index.is_file()
-        else ["model.safetensors"]
-    )
-    raw: dict[str, np.ndarray] = {}
-    for f in files:
-        raw.update(read_safetensors(d / f)[0])
-    tensors = apply_name_table(raw, HF_TO_OPENAI, source=source)
+    cfg = WhisperConfig.from_hf(read_json(d / "config.json"))
+    tensors = apply_name_table(read_hf_weights(d), HF_TO_OPENAI, source=source)
     check_names_and_shapes(tensors, openai_shapes(cfg), source=source)
     gen = d / "generation_config.json"
-    heads = _alignment_heads(_json(gen).get("alignment_heads")) if gen.is_file() else None
+    heads = _alignment_heads(read_json(gen).get("alignment_heads")) if gen.is_file() else None
     if tok is None:
         tok = next((d / n for n in ("tokenizer.json", "vocab.json") if (d / n).is_file()), None)
         if tok is None:
