@@ -19,8 +19,9 @@ from npasr.io.weights import Weights
 from npasr.models.conformer import ConformerStack
 from npasr.models.gigaam.config import GigaAMConfig
 from npasr.models.gigaam.weights import FILTERBANK, WINDOW
+from npasr.models.transducer import Joint, LSTMState, PredictionNet, Transducer
 from npasr.nn import ref
-from npasr.nn.layers import LSTM, Conv1d, Linear
+from npasr.nn.layers import Conv1d, Linear
 from npasr.types import F32
 
 
@@ -86,48 +87,13 @@ class CTCHead:
         return ref.log_softmax(self.decoder_layers(enc), axis=-1)
 
 
-@dataclass
-class RNNTDecoder:
-    """Prediction net: Embedding(C, P) -> LSTM(P, P). The very first step feeds a zero vector
-    with zero state (GigaAM `predict(None, None)`), not the blank embedding."""
-
-    embed: F32  # (C, P); the blank row is zero (padding_idx)
-    lstm: LSTM
-
-    @classmethod
-    def load(cls, w: Weights, cfg: GigaAMConfig) -> RNNTDecoder:
-        return cls(w.f32("embed.weight"), LSTM.load(w.sub("lstm"), cfg.pred_rnn_layers))
-
-
-@dataclass
-class RNNTJoint:
-    enc: Linear  # (J, D)
-    pred: Linear  # (J, P)
-    joint_net: Linear  # index 1 of Sequential(ReLU, Linear(J, C))
-
-    @classmethod
-    def load(cls, w: Weights) -> RNNTJoint:
-        # enc runs once over all frames; pred and joint_net one row per decoding step. Their
-        # kernel layouts are built now: the model's file is not read after its load.
-        joint = cls(Linear.load(w.sub("enc")), Linear.load(w.sub("pred"), panels=False),
-                    Linear.load(w.sub("joint_net").sub(1), panels=False))  # fmt: skip
-        joint.enc.prepare_gemm()
-        joint.pred.prepare_gemv()
-        joint.joint_net.prepare_gemv()
-        return joint
-
-
-@dataclass
-class RNNTHead:
-    decoder: RNNTDecoder
-    joint: RNNTJoint
-
-    @classmethod
-    def load(cls, w: Weights, cfg: GigaAMConfig) -> RNNTHead:
-        return cls(RNNTDecoder.load(w.sub("decoder"), cfg), RNNTJoint.load(w.sub("joint")))
-
-
-LSTMState = tuple[F32, F32]  # (h, c), each (pred_rnn_layers, P)
+def load_rnnt_head(w: Weights, cfg: GigaAMConfig) -> Transducer:
+    """Prediction net `decoder.{embed,lstm}` and joint `joint.{enc,pred,joint_net.1}`; the very
+    first step feeds a zero vector with zero state (GigaAM `predict(None, None)`)."""
+    dec, joint = w.sub("decoder"), w.sub("joint")
+    net = PredictionNet.load(dec.sub("embed"), dec.sub("lstm"), cfg.pred_rnn_layers)
+    return Transducer(net, Joint.load(joint.sub("enc"), joint.sub("pred"),
+                                      joint.sub("joint_net").sub(1)))  # fmt: skip
 
 
 @dataclass
@@ -139,15 +105,15 @@ class GigaAM:
     preprocessor: Preprocessor
     pre_encode: StridingSubsampling
     layers: ConformerStack
-    head: CTCHead | RNNTHead
+    head: CTCHead | Transducer
 
     @classmethod
     def load(cls, tensors: Mapping[str, np.ndarray | RawTensor], cfg: GigaAMConfig,
              origin: str = "gigaam") -> GigaAM:  # fmt: skip
         w = Weights(tensors, origin=origin)
         enc = w.sub("encoder")
-        head: CTCHead | RNNTHead = (CTCHead.load(w.sub("head")) if cfg.head == "ctc"
-                                    else RNNTHead.load(w.sub("head"), cfg))  # fmt: skip
+        head: CTCHead | Transducer = (CTCHead.load(w.sub("head")) if cfg.head == "ctc"
+                                      else load_rnnt_head(w.sub("head"), cfg))  # fmt: skip
         model = cls(cfg, Preprocessor.load(w, cfg),
                     StridingSubsampling.load(enc.sub("pre_encode"), cfg),
                     ConformerStack.load(enc.sub("layers"), cfg.conformer()), head)  # fmt: skip
@@ -169,17 +135,14 @@ class GigaAM:
 
     # transducer
     def predict(self, token: int | None, state: LSTMState | None) -> tuple[F32, LSTMState]:
-        """One prediction-net step: token None = start (zero input, zero state). -> g (P,)."""
-        dec = self.head.decoder  # type: ignore[union-attr]
-        x = np.zeros(dec.embed.shape[1], np.float32) if token is None else dec.embed[token]
-        return dec.lstm.step(x, dec.lstm.zero_state() if state is None else state)
+        """One prediction-net step (token None = start), projected by the joint: g (J,)."""
+        return self.head.predict(token, state)  # type: ignore[union-attr]
 
     def joint_enc(self, enc: F32) -> F32:
         """The encoder half of the joint for all frames at once: (T, D) -> (T, J)."""
-        return self.head.joint.enc(enc)  # type: ignore[union-attr]
+        return self.head.project(enc)  # type: ignore[union-attr]
 
     def joint(self, enc_proj: F32, g: F32) -> F32:
-        """Logits (C,) of one (frame, prediction); `enc_proj` comes from `joint_enc`. The
-        reference applies log_softmax, which does not change the argmax greedy search takes."""
-        joint = self.head.joint  # type: ignore[union-attr]
-        return joint.joint_net(np.maximum(enc_proj + joint.pred(g), 0.0))
+        """Logits (C,) of one (frame, prediction); `enc_proj` comes from `joint_enc`, `g` from
+        `predict`. The reference applies log_softmax, which does not change the argmax."""
+        return self.head(enc_proj, g)  # type: ignore[operator]

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from npasr.io.config import resolve_interpolations
 from npasr.io.gguf import write_gguf
 from npasr.io.torch_zip import load_torch_checkpoint
 from npasr.io.weights import (
@@ -31,6 +31,7 @@ from npasr.io.weights import (
     check_wtype,
     storage_for,
 )
+from npasr.models.conformer import layer_shapes
 from npasr.models.gigaam.config import GigaAMConfig
 from npasr.types import ModelFileError
 
@@ -92,41 +93,6 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [plain(v) for v in obj]
     return obj
-
-
-_INTERPOLATION = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")  # a whole-value `${key.path}`
-
-
-def resolve_interpolations(cfg: Any, root: Any = None, _depth: int = 0) -> Any:
-    """Replace OmegaConf node interpolations such as `vocabulary: ${labels}` or
-    `feat_in: ${encoder.d_model}` (stored unresolved in the pickle) by the values they point to,
-    looked up from the root of the cfg. Other strings, custom resolvers included, stay as they
-    are; a reference to a missing key, or a cycle, raises KeyError."""
-    root = cfg if root is None else root
-    if _depth > 32:
-        raise KeyError("interpolation cycle in the GigaAM cfg")
-    if isinstance(cfg, dict):
-        return {k: resolve_interpolations(v, root, _depth) for k, v in cfg.items()}
-    if isinstance(cfg, list):
-        return [resolve_interpolations(v, root, _depth) for v in cfg]
-    if isinstance(cfg, str) and (m := _INTERPOLATION.match(cfg)):
-        target = root
-        for key in m.group(1).split("."):
-            if not isinstance(target, dict) or key not in target:
-                raise KeyError(f"interpolation {cfg} points nowhere")
-            target = target[key]
-        return resolve_interpolations(target, root, _depth + 1)
-    return cfg
-
-
-def is_gigaam_checkpoint(path: Path) -> bool:
-    """A torch zip whose pickle names gigaam's hydra targets (no unpickling needed)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            pkl = [n for n in zf.namelist() if n.endswith("/data.pkl")]
-            return len(pkl) == 1 and b"gigaam." in zf.read(pkl[0])
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 @dataclass
@@ -194,28 +160,7 @@ def expected_shapes(cfg: GigaAMConfig) -> dict[str, tuple[int, ...]]:
         for _ in range(2):
             freq = (freq + 2 * ((k - 1) // 2) - k) // 2 + 1
         s["encoder.pre_encode.out.weight"], s["encoder.pre_encode.out.bias"] = (d, d * freq), (d,)
-    ff = d * cfg.ff_expansion_factor
-    for i in range(cfg.n_layers):
-        p = f"encoder.layers.{i}."
-        for n in ("norm_feed_forward1", "norm_self_att", "norm_conv", "norm_feed_forward2",
-                  "norm_out", "conv.batch_norm"):  # fmt: skip
-            s[p + n + ".weight"] = s[p + n + ".bias"] = (d,)
-        if cfg.conv_norm_type == "batch_norm":
-            s[p + "conv.batch_norm.running_mean"] = s[p + "conv.batch_norm.running_var"] = (d,)
-        for n in ("feed_forward1", "feed_forward2"):
-            s[p + n + ".linear1.weight"], s[p + n + ".linear1.bias"] = (ff, d), (ff,)
-            s[p + n + ".linear2.weight"], s[p + n + ".linear2.bias"] = (d, ff), (d,)
-        for n in ("linear_q", "linear_k", "linear_v", "linear_out"):
-            s[p + f"self_attn.{n}.weight"], s[p + f"self_attn.{n}.bias"] = (d, d), (d,)
-        if cfg.self_attention_model == "rel_pos":
-            s[p + "self_attn.linear_pos.weight"] = (d, d)
-            bias_shape = (cfg.n_heads, d // cfg.n_heads)
-            s[p + "self_attn.pos_bias_u"] = s[p + "self_attn.pos_bias_v"] = bias_shape
-        s[p + "conv.pointwise_conv1.weight"] = (2 * d, d, 1)
-        s[p + "conv.pointwise_conv1.bias"] = (2 * d,)
-        s[p + "conv.depthwise_conv.weight"] = (d, 1, cfg.conv_kernel_size)
-        s[p + "conv.depthwise_conv.bias"] = (d,)
-        s[p + "conv.pointwise_conv2.weight"], s[p + "conv.pointwise_conv2.bias"] = (d, d, 1), (d,)
+    s |= layer_shapes(cfg.conformer())
     c = cfg.num_classes
     if cfg.head == "ctc":
         s["head.decoder_layers.0.weight"], s["head.decoder_layers.0.bias"] = (c, d, 1), (c,)
