@@ -82,6 +82,16 @@ def temperatures(start: float, increment: float | None) -> tuple[float, ...]:
 _INT, _FLOAT = _optional(_positive_int), _optional(float)
 
 # Options passed to model.transcribe by dest name: (flag, argparse keywords). Names and meanings
+def _context(text: str) -> tuple[int, int]:
+    try:
+        left, right = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected L,R (two frame counts), got {text!r}") from None
+    if left < 0 or right < 0 or max(left, right) == 0:
+        raise argparse.ArgumentTypeError(f"context {text!r}: counts >= 0, not both 0")
+    return left, right
+
+
 # follow the openai-whisper CLI, whose underscore spellings (--beam_size) also work, unlisted.
 _DECODE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("language", dict(type=_optional(_language), default=None, metavar="LANG",
@@ -114,6 +124,14 @@ _DECODE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("lm", dict(dest="lm_path", default=None, metavar="PATH", help="ARPA n-gram (CTC models)")),
     ("lm-alpha", dict(type=float, default=0.5, metavar="F", help="LM weight (ln P per word)")),
     ("lm-beta", dict(type=float, default=1.0, metavar="F", help="bonus per word with --lm")),
+    # models with several heads or a choice of attention span (Parakeet)
+    ("decoder", dict(default=None, choices=["tdt", "rnnt", "ctc"],
+                     help="which head decodes; unset: the model's own (ctc: a hybrid's CTC head)")),
+    ("attention", dict(default="auto", choices=["auto", "full", "local"],
+                       help="full: all frames (the model's own); local: --context frames each "
+                            "way, for any length; auto: full up to 10 min, local beyond")),
+    ("context", dict(type=_context, default=(128, 128), metavar="L,R",
+                     help="local attention: encoder frames looked at back, ahead")),
 ]  # fmt: skip
 
 

@@ -42,6 +42,16 @@ class DeviceError(NpasrError):
 
 
 @dataclass
+class Word:
+    """One word with its times (openai-whisper's word_timestamps fields)."""
+
+    word: str
+    start: float  # seconds
+    end: float  # seconds
+    probability: float | None = None  # None where the model gives no per-word probability
+
+
+@dataclass
 class Segment:
     """One decoded stretch of audio, with openai-whisper's fields."""
 
@@ -55,6 +65,7 @@ class Segment:
     avg_logprob: float = 0.0
     compression_ratio: float = 0.0
     no_speech_prob: float = 0.0
+    words: list[Word] = field(default_factory=list)  # empty unless the model times words
 
 
 @dataclass
@@ -67,5 +78,12 @@ class TranscriptionResult:
         return {
             "text": self.text,
             "language": self.language,
-            "segments": [asdict(s) for s in self.segments],
+            "segments": [_segment_dict(s) for s in self.segments],
         }
+
+
+def _segment_dict(s: Segment) -> dict[str, Any]:
+    d = asdict(s)
+    if not d["words"]:
+        del d["words"]  # as openai-whisper's JSON: words only when they were timed
+    return d
