@@ -187,17 +187,24 @@ class RelPositionAttention:
 
     def __call__(self, x: F32, pos: RelPositions) -> F32:  # x (T, D) -> (T, D)
         t = x.shape[0]
-        k = _split_heads(self.linear_k(x), self.n_heads)  # (H, T, Dh)
-        v = _split_heads(self.linear_v(x), self.n_heads)
+        local = pos.context is not None
+        if not local:  # every block meets every key: project them once
+            k_all = _split_heads(self.linear_k(x), self.n_heads)  # (H, T, Dh)
+            v_all = _split_heads(self.linear_v(x), self.n_heads)
         p = _split_heads(self.linear_pos(pos.table), self.n_heads)  # (H, P, Dh)
         scale = np.float32(self.pos_bias_u.shape[-1] ** -0.5)
         out = np.empty_like(x)
         for b0 in range(0, t, ATTENTION_BLOCK):
             b1 = min(t, b0 + ATTENTION_BLOCK)
             q = _split_heads(self.linear_q(x[b0:b1]), self.n_heads)  # (H, B, Dh)
-            k0, k1 = (0, t) if pos.context is None else \
-                (max(0, b0 - pos.context[0]), min(t, b1 + pos.context[1]))  # fmt: skip
-            ac = (q + self.pos_bias_u[:, None]) @ k[:, k0:k1].transpose(0, 2, 1)  # (H, B, K)
+            if local:  # this block's keys only: memory stays O(block) for any length, for
+                # (L + R) / block more key/value projection work (1.5x of that part at 128/512)
+                k0, k1 = max(0, b0 - pos.context[0]), min(t, b1 + pos.context[1])  # type: ignore[index]
+                k = _split_heads(self.linear_k(x[k0:k1]), self.n_heads)
+                v = _split_heads(self.linear_v(x[k0:k1]), self.n_heads)
+            else:
+                k0, k1, k, v = 0, t, k_all, v_all
+            ac = (q + self.pos_bias_u[:, None]) @ k.transpose(0, 2, 1)  # (H, B, K)
             row, valid = _position_rows(b0, b1, k0, k1, t, pos.context)
             lo, hi = (t - b1, 2 * t - 1 - b0) if pos.context is None else (0, p.shape[1])
             bd = (q + self.pos_bias_v[:, None]) @ p[:, lo:hi].transpose(0, 2, 1)  # (H, B, P')
@@ -208,8 +215,8 @@ class RelPositionAttention:
             s *= scale
             if valid is not None:
                 s[:, ~valid] = -np.inf  # outside [i - L, i + R]
-            out[b0:b1] = _merge_heads(ops.softmax(s) @ v[:, k0:k1])
-        return self.linear_out(out)
+            out[b0:b1] = self.linear_out(_merge_heads(ops.softmax(s) @ v))
+        return out
 
 
 def _position_rows(b0: int, b1: int, k0: int, k1: int, t: int, context: tuple[int, int] | None,
@@ -285,11 +292,13 @@ class ConformerLayer:
         x = x + 0.5 * self.feed_forward2(self.norm_feed_forward2(x))
         return self.norm_out(x)
 
-    def _long(self, x: F32, pos: object) -> F32:
+    def _long(self, x: F32, pos: object, inplace: bool = False) -> F32:
         """The same layer over LAYER_ROWS frames at a time wherever frames are independent (the
         feed-forwards, norms, and the convolution module with its halo of neighbour frames), so
         an hour of audio never holds a (T, 4D) activation; only attention sees all frames."""
-        t, x = x.shape[0], np.array(x, np.float32)  # our own copy: updated in place
+        t = x.shape[0]
+        if not inplace:
+            x = np.array(x, np.float32)  # our own copy: updated in place
         spans = [(r, min(t, r + LAYER_ROWS)) for r in range(0, t, LAYER_ROWS)]
         for r0, r1 in spans:
             x[r0:r1] += 0.5 * self.feed_forward1(self.norm_feed_forward1(x[r0:r1]))
@@ -346,6 +355,11 @@ class ConformerStack:
         """`context` (L, R): every layer attends to L frames back and R ahead only (NeMo's
         rel_pos_local_attn); None: full attention."""
         pos = self.positions(x.shape[0], context)
+        if x.shape[0] > LAYER_ROWS:  # one copy, then every layer updates it in place
+            x = np.array(x, np.float32)
+            for layer in self.layers:
+                x = layer._long(x, pos, inplace=True)
+            return x
         for layer in self.layers:
             x = layer(x, pos)
         return x

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import npasr.models.conformer as conformer
 from npasr.io.weights import Weights
+from npasr.models import conformer
 from npasr.models.conformer import ConformerConfig, ConformerStack, layer_shapes, rel_pos_table
 
 CFG = ConformerConfig(d_model=16, n_layers=2, n_heads=2, conv_kernel_size=9,

@@ -95,9 +95,7 @@ class ParakeetModel:
         local = attention == "local" or (attention == "auto" and seconds > FULL_ATTENTION_MAX_S)
         if local and (len(context) != 2 or min(context) < 0 or max(context) <= 0):
             raise ValueError(f"local attention needs a context (L, R) >= 0, not both 0: {context}")
-        mel = self.model.features(audio)
-        enc = self.model.encode(mel, self.model.feature_length(audio.shape[0]),
-                                context=tuple(context) if local else None)  # fmt: skip
+        enc = self.model.encode_audio(audio, tuple(context) if local else None)  # type: ignore[arg-type]
         if progress_callback is not None:
             progress_callback(seconds, seconds)
         return enc

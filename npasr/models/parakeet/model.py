@@ -225,6 +225,19 @@ class Parakeet:
             x *= np.float32(np.sqrt(self.config.d_model))
         return self.layers(x, context)
 
+    def encode_audio(self, audio: F32, context: tuple[int, int] | None = None) -> F32:
+        """Audio (N,) -> (T, D): features and encoder, the features freed once subsampled (an
+        hour's (128, 360000) mel is 184 MB the layers do not need)."""
+        length = self.feature_length(audio.shape[0])
+        if length < 2:  # under 20 ms: no speech, and NeMo's normalisation would divide by 0
+            return np.zeros((0, self.config.d_model), np.float32)
+        mel = self.features(audio)
+        x, _ = self.pre_encode(mel, length)
+        del mel
+        if self.config.xscaling:
+            x *= np.float32(np.sqrt(self.config.d_model))
+        return self.layers(x, context)
+
     def log_probs(self, enc: F32) -> F32:  # (T, D) -> (T, V + 1)
         if self.ctc is None:
             raise ValueError("this model has no CTC head")
