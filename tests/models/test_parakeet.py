@@ -305,7 +305,7 @@ def test_local_attention_matches_nemo(context, models, monkeypatch) -> None:
     """NeMo's change_attention_model("rel_pos_local_attn", [L, R]) on the tiny TDT model (see
     make_goldens_parakeet.make_local for the biases NeMo 3.0.0 adds there), from NeMo's mel:
     the encoder output [measured 1.3e-6], also through the row-sliced long-input path."""
-    import npasr.models.conformer as conformer
+    from npasr.models import conformer
 
     g = np.load(GOLDEN / "parakeet_tiny_tdt_local.npz")
     want = g[f"enc_{context[0]}_{context[1]}"]
