@@ -184,6 +184,7 @@ def stft_power(
 # Frames per FFT batch in log_mel: ~6 MB of float64 temporaries whatever the audio length, where
 # one FFT over all frames of a 5-minute file took 280 MB.
 _CHUNK_FRAMES = 2000
+_STAT_BLOCK = 4096  # frames per block of NeMo's per-feature statistics
 
 
 def _stft_window(window: np.ndarray | WindowKind, win_length: int, n_fft: int) -> np.ndarray:
@@ -246,10 +247,16 @@ def log_mel(
     n = x.size
     if n == 0:
         return np.zeros((cfg.n_mels, 0), dtype=np.float32)
-    if cfg.preemphasis is not None:
-        x = np.concatenate([x[:1], x[1:] - cfg.preemphasis * x[:-1]])
     w = _stft_window(cfg.window if window is None else window, cfg.win_length, cfg.n_fft)
-    frames = _frames(x, cfg.n_fft, cfg.hop_length, cfg.center, cfg.pad_mode)
+    if cfg.preemphasis is not None and cfg.center and cfg.pad_mode == "constant":
+        # NeMo: pre-emphasis written straight into the zero-padded copy that framing needs
+        # (one copy of the audio, not two: 230 MB each for an hour)
+        frames = _frames(_preemphasized_padded(x, cfg.preemphasis, cfg.n_fft // 2),
+                         cfg.n_fft, cfg.hop_length, False, cfg.pad_mode)  # fmt: skip
+    else:
+        if cfg.preemphasis is not None:
+            x = np.concatenate([x[:1], x[1:] - cfg.preemphasis * x[:-1]])
+        frames = _frames(x, cfg.n_fft, cfg.hop_length, cfg.center, cfg.pad_mode)
     n_frames = max(len(frames) - 1, 0) if cfg.drop_last_frame else len(frames)  # Whisper drops 1
     fb = filterbank if filterbank is not None else mel_filterbank(
         cfg.sample_rate, cfg.n_fft, cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
@@ -257,6 +264,8 @@ def log_mel(
     if fb.shape != (cfg.n_mels, cfg.n_fft // 2 + 1):
         raise ValueError(f"filterbank {fb.shape} does not fit ({cfg.n_mels}, {cfg.n_fft // 2 + 1})")
     fb64 = fb.astype(_FFT_DTYPE)
+    if cfg.normalize == "per_feature" and cfg.log == "ln_add":
+        return _nemo_features(frames, w, fb64, n_frames, feature_length(n, cfg), cfg)
     out = np.empty((cfg.n_mels, n_frames), dtype=_FFT_DTYPE)  # (M, T) mel power, then its log
     for t0 in range(0, n_frames, _CHUNK_FRAMES):
         t1 = min(n_frames, t0 + _CHUNK_FRAMES)
@@ -282,16 +291,62 @@ def log_mel(
     return out.astype(np.float32)
 
 
-def _normalize_per_feature(x: np.ndarray, n_valid: int, eps: float) -> np.ndarray:
-    """NeMo normalize_batch('per_feature'): (x - mean) / (unbiased std + eps) over valid frames."""
+def _preemphasized_padded(x: np.ndarray, a: float, pad: int) -> np.ndarray:
+    """zeros(pad) + [x[0], x[1] - a x[0], ...] + zeros(pad), in the audio's float type; the
+    difference is taken a slice at a time (a whole-signal a * x[:-1] is another copy)."""
+    dt = x.dtype if x.dtype == np.float32 else _FFT_DTYPE
+    out = np.zeros(x.size + 2 * pad, dt)
+    out[pad : pad + x.size] = x
+    step = 1 << 20
+    for i in range(x.size - 1, 0, -step):  # from the end, so each x[t-1] is still unchanged
+        lo = max(1, i - step + 1)
+        out[pad + lo : pad + i + 1] -= a * out[pad + lo - 1 : pad + i]
+    return out
+
+
+def _nemo_features(frames: np.ndarray, w: np.ndarray, fb64: np.ndarray, n_frames: int,
+                   n_valid: int, cfg: MelConfig) -> F32:  # fmt: skip
+    """ln(mel + guard) normalised per mel bin, computed a slice of frames at a time in float64
+    and kept in float32 between the passes (an hour: 184 MB instead of 368 + 184 MB)."""
+    _check_valid_frames(n_valid)
+    out = np.empty((cfg.n_mels, n_frames), np.float32)
+    for t0 in range(0, n_frames, _CHUNK_FRAMES):
+        t1 = min(n_frames, t0 + _CHUNK_FRAMES)
+        out[:, t0:t1] = np.log(fb64 @ _power(frames, w, t0, t1).T + cfg.log_floor)
+    # statistics over fixed blocks of the stored values: the same sums whatever the FFT batch
+    blocks = [slice(t, min(n_valid, t + _STAT_BLOCK)) for t in range(0, n_valid, _STAT_BLOCK)]
+    mean = sum(out[:, b].sum(axis=1, dtype=_FFT_DTYPE, keepdims=True) for b in blocks) / n_valid
+    ss = np.zeros_like(mean)
+    for b in blocks:
+        d = out[:, b].astype(_FFT_DTYPE) - mean
+        ss += np.einsum("mt,mt->m", d, d)[:, None]
+    scale = 1.0 / (np.sqrt(ss / (n_valid - 1)) + cfg.normalize_eps)
+    for b in blocks:
+        out[:, b] = (out[:, b].astype(_FFT_DTYPE) - mean) * scale
+    out[:, n_valid:] = 0.0  # frames past the audio are padding (NeMo pad_value = 0)
+    return out
+
+
+def _check_valid_frames(n_valid: int) -> None:
     if n_valid < 2:
         raise AudioError(
             f"per-feature normalisation needs at least 2 valid frames, got {n_valid}; "
             "the audio is too short (pad it to at least 320 samples = 20 ms)"
         )
+
+
+def _normalize_per_feature(x: np.ndarray, n_valid: int, eps: float) -> np.ndarray:
+    """NeMo normalize_batch('per_feature'): (x - mean) / (unbiased std + eps) over valid frames."""
+    _check_valid_frames(n_valid)
     valid = x[:, :n_valid]  # (M, T_valid)
     mean = valid.mean(axis=1, keepdims=True)
-    std = valid.std(axis=1, ddof=1, keepdims=True)
+    # sum of squared deviations a slice of frames at a time: valid.std() would hold a second
+    # (M, T) float64 array, 368 MB for an hour
+    ss = np.zeros_like(mean)
+    for t0 in range(0, n_valid, _CHUNK_FRAMES):
+        d = valid[:, t0 : t0 + _CHUNK_FRAMES] - mean
+        ss += np.einsum("mt,mt->m", d, d)[:, None]
+    std = np.sqrt(ss / (n_valid - 1))
     out = x  # in place: x is log_mel's own scratch
     out -= mean
     out /= std + eps
