@@ -16,8 +16,11 @@ A rename table is a list of `(regex, template)` pairs applied in order, first ma
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,6 +155,30 @@ def storage_for(
             return RawTensor(qtype, q.shape, q.blocks.reshape(-1))
     half = wtype != "f32" and a.ndim >= 2 and not (keep_f32 and keep_f32.search(name))
     return np.ascontiguousarray(a, dtype=np.float16 if half else np.float32)
+
+
+def write_model_gguf(
+    out: str | os.PathLike[str], arch: str, wtype: str, tensors: Mapping[str, np.ndarray], *,
+    keep_float: re.Pattern[str], keep_f32: re.Pattern[str] | None, config: dict[str, Any],
+    source: str, tokens: list[str], sentencepiece: bytes | None = None, tokenizer: str = "",
+) -> Path:  # fmt: skip
+    """A family's GGUF: tensors stored by `storage_for`, the general/npasr keys, the family's
+    config keys, the token list and (SentencePiece families) the tokenizer model's bytes."""
+    from npasr.io.gguf import write_gguf  # noqa: PLC0415
+
+    check_wtype(wtype)
+    stored = {n: storage_for(n, a, wtype, keep_float, keep_f32) for n, a in tensors.items()}
+    meta: dict[str, Any] = {
+        "general.name": source.split(":", 1)[-1],
+        "general.file_type": FILE_TYPES[wtype],
+        "npasr.format_version": FORMAT_VERSION,
+        "npasr.source": source,
+        **config,
+        "tokenizer.ggml.model": tokenizer or ("sentencepiece" if sentencepiece else "chars"),
+    }
+    if sentencepiece is not None:
+        meta["tokenizer.sentencepiece.model"] = np.frombuffer(sentencepiece, np.uint8)
+    return write_gguf(out, arch, meta, stored, tokens=tokens)
 
 
 class Weights:

@@ -22,14 +22,10 @@ from typing import Any
 import numpy as np
 
 from npasr.io.config import resolve_interpolations
-from npasr.io.gguf import write_gguf
 from npasr.io.torch_zip import load_torch_checkpoint
 from npasr.io.weights import (
-    FILE_TYPES,
-    FORMAT_VERSION,
     check_names_and_shapes,
-    check_wtype,
-    storage_for,
+    write_model_gguf,
 )
 from npasr.models.conformer import layer_shapes
 from npasr.models.gigaam.config import GigaAMConfig
@@ -189,16 +185,6 @@ _KEEP_F32 = re.compile(r"^preprocessor\.")
 
 def save_gguf(src: GigaAMSource, out: str | os.PathLike[str], wtype: str = "f16") -> Path:
     """Per-tensor storage by `npasr.io.weights.storage_for` (f32, f16, q8_0, q4_0, q4_k)."""
-    check_wtype(wtype)
-    tensors = {n: storage_for(n, a, wtype, _KEEP_FLOAT, _KEEP_F32) for n, a in src.tensors.items()}
-    meta: dict[str, Any] = {
-        "general.name": src.source.split(":", 1)[-1],
-        "general.file_type": FILE_TYPES[wtype],
-        "npasr.format_version": FORMAT_VERSION,
-        "npasr.source": src.source,
-        **src.config.to_gguf(),
-        "tokenizer.ggml.model": "sentencepiece" if src.sentencepiece else "chars",
-    }
-    if src.sentencepiece is not None:
-        meta["tokenizer.sentencepiece.model"] = np.frombuffer(src.sentencepiece, np.uint8)
-    return write_gguf(out, "gigaam", meta, tensors, tokens=src.vocabulary)
+    return write_model_gguf(out, "gigaam", wtype, src.tensors, keep_float=_KEEP_FLOAT,
+                            keep_f32=_KEEP_F32, config=src.config.to_gguf(), source=src.source,
+                            tokens=src.vocabulary, sentencepiece=src.sentencepiece)  # fmt: skip
