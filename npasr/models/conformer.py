@@ -351,12 +351,15 @@ class ConformerStack:
             return rotary_tables(t, self.cfg)
         return RelPositions(rel_pos_table(t, self.cfg.d_model, context), context)
 
-    def __call__(self, x: F32, context: tuple[int, int] | None = None) -> F32:
+    def __call__(self, x: F32, context: tuple[int, int] | None = None, *,
+                 inplace: bool = False) -> F32:  # fmt: skip
         """`context` (L, R): every layer attends to L frames back and R ahead only (NeMo's
-        rel_pos_local_attn); None: full attention."""
+        rel_pos_local_attn); None: full attention. `inplace`: a long x (float32, contiguous) is
+        the caller's to give up, and the layers update it instead of a copy."""
         pos = self.positions(x.shape[0], context)
-        if x.shape[0] > LAYER_ROWS:  # one copy, then every layer updates it in place
-            x = np.array(x, np.float32)
+        if x.shape[0] > LAYER_ROWS:  # one copy at most, then every layer updates it in place
+            if not (inplace and x.dtype == np.float32 and x.flags.c_contiguous):
+                x = np.array(x, np.float32)
             for layer in self.layers:
                 x = layer._long(x, pos, inplace=True)
             return x

@@ -236,7 +236,7 @@ class Parakeet:
         del mel
         if self.config.xscaling:
             x *= np.float32(np.sqrt(self.config.d_model))
-        return self.layers(x, context)
+        return self.layers(x, context, inplace=True)  # x is ours: no second (T, D) copy
 
     def log_probs(self, enc: F32) -> F32:  # (T, D) -> (T, V + 1)
         if self.ctc is None:
