@@ -17,6 +17,7 @@ Shapes: T frames, D = d_model, H heads, Dh = D // H.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -352,19 +353,25 @@ class ConformerStack:
         return RelPositions(rel_pos_table(t, self.cfg.d_model, context), context)
 
     def __call__(self, x: F32, context: tuple[int, int] | None = None, *,
-                 inplace: bool = False) -> F32:  # fmt: skip
+                 inplace: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> F32:  # fmt: skip
         """`context` (L, R): every layer attends to L frames back and R ahead only (NeMo's
         rel_pos_local_attn); None: full attention. `inplace`: a long x (float32, contiguous) is
-        the caller's to give up, and the layers update it instead of a copy."""
+        the caller's to give up, and the layers update it instead of a copy. `progress(done,
+        total)` after each layer (an hour takes minutes)."""
         pos = self.positions(x.shape[0], context)
         if x.shape[0] > LAYER_ROWS:  # one copy at most, then every layer updates it in place
             if not (inplace and x.dtype == np.float32 and x.flags.c_contiguous):
                 x = np.array(x, np.float32)
-            for layer in self.layers:
+            for i, layer in enumerate(self.layers):
                 x = layer._long(x, pos, inplace=True)
+                if progress is not None:
+                    progress(i + 1, len(self.layers))
             return x
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             x = layer(x, pos)
+            if progress is not None:
+                progress(i + 1, len(self.layers))
         return x
 
 

@@ -318,3 +318,11 @@ def test_local_attention_matches_nemo(context, models, monkeypatch) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=STAGE_ATOL)
     full = m.encode(g["mel"], int(g["mel_len"].reshape(-1)[0]))
     assert np.abs(full - want).max() > 100 * STAGE_ATOL  # the window does change the result
+
+
+def test_progress_reaches_the_end_in_order(models, clips) -> None:
+    seen: list[tuple[float, float]] = []
+    models["tdt"].transcribe(clips["ru1"], progress_callback=lambda d, t: seen.append((d, t)))
+    done = [d for d, _ in seen]
+    assert len(seen) == 2 + 1 and done == sorted(done)  # after each of 2 layers, then decoding
+    assert seen[-1][0] == seen[-1][1] == pytest.approx(len(clips["ru1"]) / 16000)

@@ -95,10 +95,13 @@ class ParakeetModel:
         local = attention == "local" or (attention == "auto" and seconds > FULL_ATTENTION_MAX_S)
         if local and (len(context) != 2 or min(context) < 0 or max(context) <= 0):
             raise ValueError(f"local attention needs a context (L, R) >= 0, not both 0: {context}")
-        enc = self.model.encode_audio(audio, tuple(context) if local else None)  # type: ignore[arg-type]
-        if progress_callback is not None:
-            progress_callback(seconds, seconds)
-        return enc
+
+        def layers_done(done: int, total: int) -> None:  # the bar in seconds of audio; the
+            if progress_callback is not None:  # last step of it is left to the decoder
+                progress_callback(seconds * done / (total + 1), seconds)
+
+        ctx = tuple(context) if local else None
+        return self.model.encode_audio(audio, ctx, progress=layers_done)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------ decoding
 
@@ -156,6 +159,8 @@ class ParakeetModel:
         enc = self.encode(x, attention=attention, context=context,
                           progress_callback=progress_callback)  # fmt: skip
         d = self.decode(enc, decoder=decoder, beam_size=ctc_beam_size, lm=lm)
+        if progress_callback is not None:
+            progress_callback(len(x) / self.config.sample_rate, len(x) / self.config.sample_rate)
         return self.result(d)
 
     def timestamps(self, d: Decoded) -> ts.Timestamps:

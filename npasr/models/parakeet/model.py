@@ -11,7 +11,7 @@ V = vocabulary (blank = V).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,7 +225,8 @@ class Parakeet:
             x *= np.float32(np.sqrt(self.config.d_model))
         return self.layers(x, context)
 
-    def encode_audio(self, audio: F32, context: tuple[int, int] | None = None) -> F32:
+    def encode_audio(self, audio: F32, context: tuple[int, int] | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> F32:  # fmt: skip
         """Audio (N,) -> (T, D): features and encoder, the features freed once subsampled (an
         hour's (128, 360000) mel is 184 MB the layers do not need)."""
         length = self.feature_length(audio.shape[0])
@@ -236,7 +237,7 @@ class Parakeet:
         del mel
         if self.config.xscaling:
             x *= np.float32(np.sqrt(self.config.d_model))
-        return self.layers(x, context, inplace=True)  # x is ours: no second (T, D) copy
+        return self.layers(x, context, inplace=True, progress=progress)  # x is ours: no copy
 
     def log_probs(self, enc: F32) -> F32:  # (T, D) -> (T, V + 1)
         if self.ctc is None:
