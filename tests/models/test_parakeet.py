@@ -326,3 +326,18 @@ def test_progress_reaches_the_end_in_order(models, clips) -> None:
     done = [d for d, _ in seen]
     assert len(seen) == 2 + 1 and done == sorted(done)  # after each of 2 layers, then decoding
     assert seen[-1][0] == seen[-1][1] == pytest.approx(len(clips["ru1"]) / 16000)
+
+
+@pytest.mark.parametrize("length_cut", [0, 5, 6, 7])
+def test_chunked_subsampling_equals_one_pass(length_cut, models) -> None:
+    """Long inputs run the subsampling a chunk of output frames at a time, with a margin: the
+    result equals one pass, at chunk sizes down to one frame and every parity of the length."""
+    m = models["tdt"].model
+    g = _golden("tdt", "austen0870")
+    length = int(g["mel_len"]) - length_cut
+    mel = g["mel"][:, : length + 1].copy()
+    want, n = m.pre_encode(mel, length, chunk=10**6)
+    for chunk in (1, 3, 7, 64):
+        got, n2 = m.pre_encode(mel, length, chunk=chunk)
+        assert n2 == n
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
