@@ -159,7 +159,8 @@ def storage_for(
 
 def write_model_gguf(
     out: str | os.PathLike[str], arch: str, wtype: str, tensors: Mapping[str, np.ndarray], *,
-    keep_float: re.Pattern[str], keep_f32: re.Pattern[str] | None, config: dict[str, Any],
+    keep_float: re.Pattern[str], keep_f32: re.Pattern[str] | None,
+    q8_0: re.Pattern[str] | None = None, config: dict[str, Any],
     source: str, tokens: list[str], sentencepiece: bytes | None = None, tokenizer: str = "",
 ) -> Path:  # fmt: skip
     """A family's GGUF: tensors stored by `storage_for`, the general/npasr keys, the family's
@@ -167,7 +168,7 @@ def write_model_gguf(
     from npasr.io.gguf import write_gguf  # noqa: PLC0415
 
     check_wtype(wtype)
-    stored = {n: storage_for(n, a, wtype, keep_float, keep_f32) for n, a in tensors.items()}
+    stored = {n: storage_for(n, a, wtype, keep_float, keep_f32, q8_0) for n, a in tensors.items()}
     meta: dict[str, Any] = {
         "general.name": source.split(":", 1)[-1],
         "general.file_type": FILE_TYPES[wtype],
