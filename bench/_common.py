@@ -68,8 +68,8 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def word_errors(ref: list[str], hyp: list[str]) -> int:
-    """Levenshtein distance over words (substitutions + deletions + insertions)."""
+def word_errors(ref: list, hyp: list) -> int:
+    """Levenshtein distance over words or token ids (substitutions + deletions + insertions)."""
     prev = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         cur = [i] + [0] * len(hyp)
@@ -200,6 +200,20 @@ def ct2_dir(model: str) -> Path:
         if not (out / name).exists():
             (out / name).symlink_to(p1 / name)
     return out
+
+
+def child_env(threads: int, npasr_child: bool) -> dict[str, str]:
+    """The environment of an engine's child process: `threads` for every thread pool, npasr's
+    repo importable; an npasr child also gets what `import npasr` sets when it loads before
+    NumPy (as in the CLI), since the bench's children import NumPy first."""
+    env = dict(os.environ)
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[k] = str(threads)
+    if npasr_child:
+        env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
 
 
 def emit(obj: dict) -> None:

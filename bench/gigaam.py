@@ -32,7 +32,6 @@ import _blas_env  # noqa: F401  (first: before NumPy loads OpenBLAS)
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -140,22 +139,9 @@ def child(spec: dict) -> None:
 # --- parent ---------------------------------------------------------------------------------------
 
 
-def _env(npasr_child: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[k] = str(THREADS)
-    if npasr_child:
-        # what `import npasr` sets when it loads before NumPy (as in the CLI); the child imports
-        # NumPy first, so pass them in
-        env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(C.REPO), env.get("PYTHONPATH")]))
-    return env
-
-
 def spawn(python: str, spec: dict) -> dict:
     cmd = [python, __file__, "--child", json.dumps(spec)]
-    env = _env(python == sys.executable)
+    env = C.child_env(THREADS, python == sys.executable)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=C.REPO, check=False)
     for line in p.stdout.splitlines():
         if line.startswith("@@RESULT "):
@@ -187,7 +173,7 @@ def onnx_dir(args) -> Path:
         steps.append([args.onnx_python, str(here / "onnx_export.py"), "quantize", str(folder)])
     for cmd in steps:
         print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-        subprocess.run(cmd, check=True, cwd=C.REPO, env=_env(False))
+        subprocess.run(cmd, check=True, cwd=C.REPO, env=C.child_env(THREADS, False))
     return folder
 
 

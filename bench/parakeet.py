@@ -43,7 +43,6 @@ import _blas_env  # noqa: F401  (first: before NumPy loads OpenBLAS)
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import subprocess
@@ -230,22 +229,9 @@ def child(spec: dict) -> None:
 # --- parent ---------------------------------------------------------------------------------------
 
 
-def _env(npasr_child: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[k] = str(THREADS)
-    if npasr_child:
-        # what `import npasr` sets when it loads before NumPy (as in the CLI); the child imports
-        # NumPy first, so pass them in
-        env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(C.REPO), env.get("PYTHONPATH")]))
-    return env
-
-
 def spawn(python: str, spec: dict, timeout: float = 1800) -> dict:
     cmd = [python, __file__, "--child", json.dumps(spec)]
-    env = _env(python == sys.executable)
+    env = C.child_env(THREADS, python == sys.executable)
     try:
         p = subprocess.run(
             cmd, capture_output=True, text=True, env=env, cwd=C.REPO, check=False, timeout=timeout
@@ -273,7 +259,7 @@ def wait_for_quiet(limit: float, max_wait_s: float, pause: float = 30.0) -> str:
 def run_cmd(cmd: list[str], log: list[str]) -> None:
     log.append(shlex.join(cmd))
     print("+ " + log[-1], file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True, cwd=C.REPO, env=_env(False))
+    subprocess.run(cmd, check=True, cwd=C.REPO, env=C.child_env(THREADS, False))
 
 
 def prepare(args, nemo: Path, engines: list[str], log: list[str]) -> dict:
@@ -314,16 +300,6 @@ def prepare(args, nemo: Path, engines: list[str], log: list[str]) -> dict:
     return paths
 
 
-def levenshtein(a: list[int], b: list[int]) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
-
-
 def agreement(rows: dict) -> None:
     r = next((rows[e] for e in NEMOS if "tokens" in rows.get(e, {})), None)
     if r is None:
@@ -331,7 +307,7 @@ def agreement(rows: dict) -> None:
     for row in rows.values():
         if "tokens" in row:
             a, b = row["tokens"], r["tokens"]
-            row["token_agreement"] = 1 - levenshtein(a, b) / max(len(a), len(b), 1)
+            row["token_agreement"] = 1 - C.word_errors(a, b) / max(len(a), len(b), 1)
             row["same_text"] = row["text"] == r["text"]
             row["same_tokens"] = a == b
 
