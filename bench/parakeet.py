@@ -116,6 +116,24 @@ def _npasr(spec: dict):
 
         return [int(t) for t in m.decode(m.encode(load_audio(path))).tokens]
 
+    def split(path: str) -> dict:
+        """Median s of the stages of `transcribe`: load_audio, encode (mel + encoder), decode."""
+        from npasr.audio.io import load_audio
+
+        times: dict[str, list[float]] = {"audio_s": [], "encode_s": [], "decode_s": []}
+        for _ in range(3):
+            t0 = time.perf_counter()
+            x = load_audio(path)
+            t1 = time.perf_counter()
+            enc = m.encode(x)
+            t2 = time.perf_counter()
+            m.decode(enc)
+            t3 = time.perf_counter()
+            for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                times[k].append(dt)
+        return {k: statistics.median(v) for k, v in times.items()}
+
+    run.split = split
     return run, tokens
 
 
@@ -214,11 +232,13 @@ def child(spec: dict) -> None:
         text = run(path)
         walls.append(time.perf_counter() - t0)
         cpus.append(_cpu_s() - c0)
+    res["load1_end"] = C.loadavg().split()[0]
+    if hasattr(run, "split"):  # after the timed runs (npasr): where its time goes
+        res["split"] = run.split(path)
     res.update(
         median_s=statistics.median(walls),
         walls=walls,
         cpu_s=statistics.median(cpus),
-        load1_end=C.loadavg().split()[0],
         text=text,
         tokens=tokens(path),
         peak_rss_mib=C.peak_rss_mib(),
@@ -322,6 +342,7 @@ def report(title: str, rows: dict) -> None:
         "| first s | peak RSS MiB | tokens | agree vs NeMo | same text | load1 |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    splits = []
     for engine, r in rows.items():
         if "error" in r:
             print(f"| {engine} | error: {r['error'][-300:]!r} |")
@@ -336,6 +357,14 @@ def report(title: str, rows: dict) -> None:
             f"| {len(r['tokens'])} | {agree} | {r.get('same_text', '-')} "
             f"| {r['load1']}-{r['load1_end']} |"
         )
+        if "split" in r:
+            sp = r["split"]
+            splits.append(
+                f"{engine}: audio {sp['audio_s']:.2f} + encode {sp['encode_s']:.2f} + "
+                f"decode {sp['decode_s']:.2f} s ({len(r['tokens'])} tokens)"
+            )
+    for line in splits:
+        print(line)
 
 
 def main() -> None:
