@@ -216,6 +216,11 @@ def child_env(threads: int, npasr_child: bool) -> dict[str, str]:
     return env
 
 
+def stale(out: Path, *sources: Path) -> bool:
+    """True when `out` is missing or older than any of `sources` (a checkpoint, the converter)."""
+    return not out.is_file() or out.stat().st_mtime < max(p.stat().st_mtime for p in sources)
+
+
 def emit(obj: dict) -> None:
     """Child → parent: one JSON line on stdout, marked so stray prints cannot be mistaken for it."""
     sys.stdout.write("@@RESULT " + json.dumps(obj) + "\n")

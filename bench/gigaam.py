@@ -213,7 +213,7 @@ def main() -> None:
         if engine.startswith("npasr-"):
             wtype = engine.split("-", 1)[1]
             gguf = OUT / f"gigaam_{args.ckpt.stem}_{wtype}.gguf"
-            if not gguf.is_file():
+            if C.stale(gguf, args.ckpt, C.REPO / "npasr" / "models" / "gigaam" / "weights.py"):
                 convert(args.ckpt, gguf, wtype=wtype)
             spec["gguf"] = str(gguf)
         rows[engine] = {**spawn(python, spec), "loadavg_before": load}

@@ -13,9 +13,9 @@ engine's "transcribe" is:
               return_hypotheses=True)` (NeMo's defaults otherwise: greedy_batch decoding; no
               DataLoader worker process, so the child's RSS and CPU time are all of it),
               torch.set_num_threads(2)
-  nemo-nomkldnn  the same with torch.backends.mkldnn.enabled = False: torch's default oneDNN
-              LSTM takes ~30 ms per prediction-net step at batch 1 (10x the plain kernel), so
-              NeMo's decoding is timed both ways and the targets use the faster
+  nemo-nomkldnn  (opt-in) the same with torch.backends.mkldnn.enabled = False: a check that
+              oneDNN's LSTM does not slow NeMo's decoding (no difference on a quiet machine,
+              RESULTS.md); x NeMo uses the faster NeMo row present
   onnx-fp32   `onnx_asr.load_model("nemo-conformer-tdt" | "nemo-conformer-ctc", DIR,
   onnx-int8   quantization=None | "int8", sess_options=intra_op 2 / inter_op 1,
               providers=["CPUExecutionProvider"]).recognize(path)` (onnx-asr's NumPy mel)
@@ -77,7 +77,7 @@ ENGINES = (
     "onnx-int8",
 )
 NEMOS = ("nemo", "nemo-nomkldnn")
-DEFAULT_ENGINES = "nemo,nemo-nomkldnn,onnx-fp32,onnx-int8,npasr-f32,npasr-f16,npasr-q8_0"
+DEFAULT_ENGINES = "nemo,onnx-fp32,onnx-int8,npasr-f32,npasr-f16,npasr-q8_0"
 
 
 def build_audio(path: Path) -> Path:
@@ -289,7 +289,7 @@ def prepare(args, nemo: Path, engines: list[str], log: list[str]) -> dict:
         if e.startswith("npasr-"):
             wtype = e.split("-", 1)[1]
             gguf = OUT / f"{nemo.stem}_{wtype}.gguf"
-            if not gguf.is_file() or gguf.stat().st_mtime < nemo.stat().st_mtime:
+            if C.stale(gguf, nemo, C.REPO / "npasr" / "models" / "parakeet" / "weights.py"):
                 run_cmd(
                     [
                         sys.executable,
