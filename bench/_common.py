@@ -221,6 +221,20 @@ def stale(out: Path, *sources: Path) -> bool:
     return not out.is_file() or out.stat().st_mtime < max(p.stat().st_mtime for p in sources)
 
 
+def wait_for_quiet(limit: float, max_wait_s: float, pause: float = 30.0) -> str:
+    """Wait until the 1-minute load average is at most `limit` (other jobs share the 2 cores),
+    at most `max_wait_s`; returns the load average then."""
+    import time
+
+    t_end = time.monotonic() + max_wait_s
+    while True:
+        load = loadavg()
+        if float(load.split()[0]) <= limit or time.monotonic() >= t_end:
+            return load
+        print(f"loadavg {load} > {limit}: waiting {pause:.0f} s", file=sys.stderr, flush=True)
+        time.sleep(pause)
+
+
 def emit(obj: dict) -> None:
     """Child → parent: one JSON line on stdout, marked so stray prints cannot be mistaken for it."""
     sys.stdout.write("@@RESULT " + json.dumps(obj) + "\n")

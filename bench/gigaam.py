@@ -149,18 +149,6 @@ def spawn(python: str, spec: dict) -> dict:
     return {"error": f"exit {p.returncode}: {p.stderr[-800:]}"}
 
 
-def wait_for_quiet(limit: float, max_wait_s: float, pause: float = 30.0) -> str:
-    """Wait until the 1-minute load average is at most `limit` (other jobs share the 2 cores),
-    at most `max_wait_s`; returns the load average then."""
-    t_end = time.monotonic() + max_wait_s
-    while True:
-        load = C.loadavg()
-        if float(load.split()[0]) <= limit or time.monotonic() >= t_end:
-            return load
-        print(f"loadavg {load} > {limit}: waiting {pause:.0f} s", file=sys.stderr, flush=True)
-        time.sleep(pause)
-
-
 def onnx_dir(args) -> Path:
     """The official export and its int8 quantization (bench/onnx_export.py), made if missing."""
     folder = args.ckpt.parent / f"onnx_{args.ckpt.stem}"
@@ -202,7 +190,7 @@ def main() -> None:
     load_start = C.loadavg()
     rows = {}
     for engine in engines:
-        load = wait_for_quiet(args.max_load, args.max_wait)
+        load = C.wait_for_quiet(args.max_load, args.max_wait)
         spec = {"engine": engine, "audio": str(audio), "repeats": args.repeats,
                 "ckpt": str(args.ckpt), "onnx_dir": str(folder)}  # fmt: skip
         python = sys.executable

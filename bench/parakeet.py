@@ -264,18 +264,6 @@ def spawn(python: str, spec: dict, timeout: float = 1800) -> dict:
     return {"error": f"exit {p.returncode}: {p.stderr[-1500:]}"}
 
 
-def wait_for_quiet(limit: float, max_wait_s: float, pause: float = 30.0) -> str:
-    """Wait until the 1-minute load average is at most `limit` (other jobs share the 2 cores),
-    at most `max_wait_s`; returns the load average then."""
-    t_end = time.monotonic() + max_wait_s
-    while True:
-        load = C.loadavg()
-        if float(load.split()[0]) <= limit or time.monotonic() >= t_end:
-            return load
-        print(f"loadavg {load} > {limit}: waiting {pause:.0f} s", file=sys.stderr, flush=True)
-        time.sleep(pause)
-
-
 def run_cmd(cmd: list[str], log: list[str]) -> None:
     log.append(shlex.join(cmd))
     print("+ " + log[-1], file=sys.stderr, flush=True)
@@ -417,7 +405,7 @@ def main() -> None:
         paths = prepare(args, nemo, engines, log)
         rows = {}
         for engine in engines:
-            load = wait_for_quiet(args.max_load, args.max_wait)
+            load = C.wait_for_quiet(args.max_load, args.max_wait)
             spec = {
                 "engine": engine,
                 "audio": str(audio),

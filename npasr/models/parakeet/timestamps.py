@@ -303,9 +303,7 @@ def transducer_timestamps(
     punctuation = _punct(sp, punctuation)
     tokens = [int(t) for t in tokens]
     chars = token_stamps(tokens, frames, durations, sp, punctuation, frame_seconds=frame_seconds)
-    words = word_stamps(tokens, chars, sp, punctuation, frame_seconds=frame_seconds)
-    segments = segment_stamps(words, delimiters, gap_threshold, frame_seconds=frame_seconds)
-    return Timestamps(transcript_text(tokens, sp, punctuation), tokens, chars, words, segments)
+    return _assemble(tokens, chars, sp, punctuation, frame_seconds, delimiters, gap_threshold)
 
 
 def ctc_timestamps(
@@ -321,6 +319,13 @@ def ctc_timestamps(
     """Text and all three lists for a greedy CTC path (per-frame argmax ids, valid frames only)."""
     punctuation = _punct(sp, punctuation)
     tokens, chars = ctc_token_stamps(path, blank_id, sp, punctuation, frame_seconds=frame_seconds)
+    return _assemble(tokens, chars, sp, punctuation, frame_seconds, delimiters, gap_threshold)
+
+
+def _assemble(tokens: list[int], chars: list[Stamp], sp, punctuation: set[str],
+              frame_seconds: float, delimiters: Sequence[str], gap_threshold: int | None,
+              ) -> Timestamps:  # fmt: skip
+    """Words, segments and text from token stamps: the same for every head."""
     words = word_stamps(tokens, chars, sp, punctuation, frame_seconds=frame_seconds)
     segments = segment_stamps(words, delimiters, gap_threshold, frame_seconds=frame_seconds)
     return Timestamps(transcript_text(tokens, sp, punctuation), tokens, chars, words, segments)
