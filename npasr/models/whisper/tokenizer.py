@@ -16,46 +16,15 @@ import re
 from collections.abc import Sequence
 
 from npasr.models.whisper.languages import LANGUAGES
+from npasr.text.byte_bpe import BytePairEncoder, spell_bytes, token_bytes
 from npasr.types import ModelFileError
+
+__all__ = ["WhisperTokenizer", "spell_bytes", "token_bytes"]  # the alphabet lives in npasr.text
 
 # tiktoken's GPT-2 pattern with \p{L} -> [^\W\d_], \p{N} -> \d, "other" = not space/letter/digit
 _PRETOKENIZE = re.compile(
     r"'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"
 )
-
-
-@functools.cache
-def _byte_alphabet() -> tuple[dict[int, str], dict[str, int]]:
-    """GPT-2's reversible byte -> printable character map (Radford et al. 2019, encoder.py idea).
-
-    Printable Latin-1 bytes map to themselves; the other 68 bytes are shifted to U+0100 and up in
-    byte order, so every byte sequence becomes a visible, whitespace-free string.
-    """
-    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    to_char: dict[int, str] = {}
-    shifted = 0
-    for b in range(256):
-        if b in keep:
-            to_char[b] = chr(b)
-        else:
-            to_char[b] = chr(256 + shifted)
-            shifted += 1
-    return to_char, {c: b for b, c in to_char.items()}
-
-
-def token_bytes(spelling: str) -> bytes:
-    """'Ġthe' -> b' the'."""
-    to_byte = _byte_alphabet()[1]
-    try:
-        return bytes(to_byte[c] for c in spelling)
-    except KeyError as e:
-        raise ModelFileError(f"token {spelling!r} is not in the byte-level alphabet") from e
-
-
-def spell_bytes(data: bytes) -> str:
-    """b' the' -> 'Ġthe' (inverse of token_bytes)."""
-    to_char = _byte_alphabet()[0]
-    return "".join(to_char[b] for b in data)
 
 
 class WhisperTokenizer:
@@ -103,7 +72,8 @@ class WhisperTokenizer:
             language, task = None, None
         self.language, self.task = language, task
         self._bytes = [token_bytes(t) for t in tokens[: self.eot]]
-        self._ranks = {b: i for i, b in enumerate(self._bytes)}
+        # tiktoken ranking: a pair ranks as the id of the merged token
+        self._bpe = BytePairEncoder({b: i for i, b in enumerate(self._bytes)}, whole_first=True)
         self._specials = list(tokens[self.eot :])
 
     def with_options(self, language: str | None, task: str | None) -> WhisperTokenizer:
@@ -151,31 +121,8 @@ class WhisperTokenizer:
     def encode(self, text: str) -> list[int]:
         out: list[int] = []
         for piece in _PRETOKENIZE.findall(text):
-            out.extend(self._bpe(piece.encode("utf-8")))
+            out.extend(self._bpe.encode(piece.encode("utf-8")))
         return out
-
-    def _bpe(self, data: bytes) -> tuple[int, ...]:
-        if data in self._ranks:
-            return (self._ranks[data],)
-        return self._bpe_merge(data)
-
-    @functools.lru_cache(maxsize=65536)  # noqa: B019 - the tokenizer lives as long as its model
-    def _bpe_merge(self, data: bytes) -> tuple[int, ...]:
-        parts = [data[i : i + 1] for i in range(len(data))]
-        ranks = self._ranks
-        while len(parts) > 1:
-            best, best_rank = -1, None
-            for i in range(len(parts) - 1):
-                r = ranks.get(parts[i] + parts[i + 1])
-                if r is not None and (best_rank is None or r < best_rank):
-                    best, best_rank = i, r
-            if best < 0:
-                break
-            parts[best : best + 2] = [parts[best] + parts[best + 1]]
-        try:
-            return tuple(ranks[p] for p in parts)
-        except KeyError as e:
-            raise ModelFileError(f"byte {e.args[0]!r} has no token: incomplete vocabulary") from e
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of the regular tokens; special and timestamp tokens are dropped."""

@@ -1,0 +1,1 @@
+"""Text-side helpers shared by model families (byte-level BPE)."""
