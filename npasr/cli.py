@@ -82,7 +82,7 @@ def temperatures(start: float, increment: float | None) -> tuple[float, ...]:
 _INT, _FLOAT = _optional(_positive_int), _optional(float)
 
 # Options passed to model.transcribe by dest name: (flag, argparse keywords). Names and meanings
-def _context(text: str) -> tuple[int, int]:
+def _frames_pair(text: str) -> tuple[int, int]:
     try:
         left, right = (int(v) for v in text.split(","))
     except ValueError:
@@ -128,10 +128,19 @@ _DECODE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("decoder", dict(default=None, choices=["tdt", "rnnt", "ctc"],
                      help="which head decodes; unset: the model's own (ctc: a hybrid's CTC head)")),
     ("attention", dict(default="auto", choices=["auto", "full", "local"],
-                       help="full: all frames (the model's own); local: --context frames each "
-                            "way, for any length; auto: full up to 10 min, local beyond")),
-    ("context", dict(type=_context, default=(128, 128), metavar="L,R",
-                     help="local attention: encoder frames looked at back, ahead")),
+                       help="full: all frames (the model's own); local: --attention-context "
+                            "frames each way, for any length; auto: full up to 10 min, local "
+                            "beyond")),
+    ("attention-context", dict(type=_frames_pair, default=(128, 128), metavar="L,R",
+                               help="local attention: encoder frames looked at back, ahead")),
+    # LLM-based models (Qwen3-ASR)
+    ("context", dict(default="", metavar="TEXT",
+                     help="text the model may draw on: names, terms, the topic (Qwen3-ASR)")),
+    ("max-new-tokens", dict(type=_positive_int, default=None, metavar="N",
+                            help="tokens generated per chunk at most (Qwen3-ASR: 512)")),
+    ("aligner", dict(default=None, metavar="PATH",
+                     help="Qwen3-ForcedAligner model (.gguf or checkpoint): word timestamps "
+                          "for Qwen3-ASR")),
 ]  # fmt: skip
 
 

@@ -79,7 +79,7 @@ def test_lookalikes_are_claimed_by_nobody(tmp_path):
     hf = tmp_path / "qwen"
     hf.mkdir()  # names "whisper" in a sub-config, as audio LLMs do; its own type is not whisper
     (hf / "config.json").write_text(
-        json.dumps({"model_type": "qwen3_asr", "audio_config": {"model_type": "whisper"}})
+        json.dumps({"model_type": "qwen2_audio", "audio_config": {"model_type": "whisper"}})
     )
     state_dict = _torch_zip(tmp_path / "pytorch_model.bin", {"encoder.conv1.weight": 0})
     not_json = tmp_path / "bad"
@@ -89,6 +89,16 @@ def test_lookalikes_are_claimed_by_nobody(tmp_path):
         assert detect_family(path) is None, path
         with pytest.raises(ModelFileError, match="cannot tell"):
             registry.detect(path)
+
+
+def test_qwen3_asr_config_is_claimed_by_qwen3_asr_alone(tmp_path):
+    """Qwen3-ASR's config names a whisper-like audio_config too; only its own family claims it."""
+    d = tmp_path / "q"
+    d.mkdir()
+    (d / "config.json").write_text(
+        json.dumps({"model_type": "qwen3_asr", "audio_config": {"model_type": "whisper"}})
+    )
+    assert detect_family(d) == "qwen3_asr"
 
 
 def test_unknown_source_names_every_family(tmp_path):

@@ -61,6 +61,7 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family("gigaam", "npasr.models.gigaam.family"),
     Family("parakeet", "npasr.models.parakeet.family"),
+    Family("qwen3_asr", "npasr.models.qwen3_asr.family"),
     Family("whisper", "npasr.models.whisper.family"),
 )
 

@@ -209,7 +209,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, models) -> None:
     with pytest.raises(ValueError, match="attention"):
         m.transcribe(np.zeros(16000, np.float32), attention="sparse")
     with pytest.raises(ValueError, match="context"):
-        m.transcribe(np.zeros(16000, np.float32), attention="local", context=(0, 0))
+        m.transcribe(np.zeros(16000, np.float32), attention="local", attention_context=(0, 0))
     with pytest.raises(ValueError, match="decodes with"):
         m.transcribe(np.zeros(16000, np.float32), decoder="rnnt")
     with pytest.raises(ValueError, match="no CTC head"):
@@ -340,4 +340,6 @@ def test_chunked_subsampling_equals_one_pass(length_cut, models) -> None:
     for chunk in (1, 3, 7, 64):
         got, n2 = m.pre_encode(mel, length, chunk=chunk)
         assert n2 == n
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        # equal up to float32 summation order: BLAS picks its kernel by the matrix shape, which
+        # the chunk changes (4 ulp, 1.9e-6 at 3.24, on an AVX2 machine; 0 on AVX-512 Zen 4)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -80,19 +80,21 @@ class ParakeetModel:
     # ------------------------------------------------------------------------------ encoder
 
     def encode(self, audio: F32, *, attention: Attention = "auto",
-               context: tuple[int, int] = LOCAL_CONTEXT,
+               attention_context: tuple[int, int] = LOCAL_CONTEXT,
                progress_callback: Callable[[float, float], None] | None = None,
                ) -> F32:  # fmt: skip
         """Encoder frames (T, D) of the whole audio in one pass.
 
         `attention`: "full" (the model's own, NeMo's default), "local" (every frame attends to
-        `context` = (L, R) frames back and ahead, NeMo's rel_pos_local_attn), or "auto": full up
+        `attention_context` = (L, R) frames back and ahead, NeMo's rel_pos_local_attn), or
+        "auto": full up
         to FULL_ATTENTION_MAX_S of audio, local beyond, where full attention's cost grows with
         the square of the length (an hour would be 45000^2 scores per head and layer)."""
         if attention not in ("auto", "full", "local"):
             raise ValueError(f"attention must be 'auto', 'full' or 'local', not {attention!r}")
         seconds = audio.shape[0] / self.config.sample_rate
         local = attention == "local" or (attention == "auto" and seconds > FULL_ATTENTION_MAX_S)
+        context = attention_context
         if local and (len(context) != 2 or min(context) < 0 or max(context) <= 0):
             raise ValueError(f"local attention needs a context (L, R) >= 0, not both 0: {context}")
 
@@ -139,14 +141,14 @@ class ParakeetModel:
                    decoder: Decoder | None = None, ctc_beam_size: int | None = None,
                    lm_path: str | Path | None = None, lm_alpha: float = 0.5,
                    lm_beta: float = 1.0, attention: Attention = "auto",
-                   context: tuple[int, int] = LOCAL_CONTEXT,
+                   attention_context: tuple[int, int] = LOCAL_CONTEXT,
                    progress_callback: Callable[[float, float], None] | None = None,
                    ) -> TranscriptionResult:  # fmt: skip
         """Transcribe a path, bytes, '-' (stdin) or a 16 kHz float32 array.
 
         `decoder`: the head to decode with ('ctc' selects the CTC head of a hybrid model);
         `ctc_beam_size` > 1 or `lm_path` (an ARPA word n-gram) use CTC prefix beam search.
-        `attention`, `context`: see `encode` (any length runs in one call).
+        `attention`, `attention_context`: see `encode` (any length runs in one call).
         `language` is accepted for API symmetry and not used: the model needs no language
         (Parakeet v3 detects any of its 25).
         """
@@ -156,7 +158,7 @@ class ParakeetModel:
         lm = None if lm_path is None else self.word_lm(lm_path, lm_alpha, lm_beta)  # fail early
         x = audio if isinstance(audio, np.ndarray) and audio.dtype == np.float32 and \
             audio.ndim == 1 else load_audio(audio)  # fmt: skip
-        enc = self.encode(x, attention=attention, context=context,
+        enc = self.encode(x, attention=attention, attention_context=attention_context,
                           progress_callback=progress_callback)  # fmt: skip
         d = self.decode(enc, decoder=decoder, beam_size=ctc_beam_size, lm=lm)
         if progress_callback is not None:
