@@ -211,6 +211,28 @@ def layer_norm_serial_kernel(
         _layer_norm_row(out[r], x[r], g, b, eps)
 
 
+@nb.njit(parallel=True, **_JIT)
+def rms_norm_kernel(out: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float) -> None:
+    """out (R, C) = RMSNorm of each row of x (R, C) with g (C,); `ref.rms_norm`."""
+    for r in nb.prange(x.shape[0]):
+        _rms_norm_row(out[r], x[r], g, eps)
+
+
+@nb.njit(**_JIT)
+def rms_norm_serial_kernel(out: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float) -> None:
+    """`rms_norm_kernel` on the calling thread only (decoder rows, per-head q/k norms)."""
+    for r in range(x.shape[0]):
+        _rms_norm_row(out[r], x[r], g, eps)
+
+
+@nb.njit(**_JIT)
+def _rms_norm_row(orow: np.ndarray, xr: np.ndarray, g: np.ndarray, eps: float) -> None:
+    n = xr.shape[0]
+    inv = _f(1.0) / np.sqrt(_row_sq_sum(xr) / _f(n) + _f(eps))
+    for j in range(n):
+        orow[j] = xr[j] * inv * g[j]
+
+
 @nb.njit(**_JIT)
 def _layer_norm_row(
     orow: np.ndarray, xr: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float

@@ -192,7 +192,12 @@ def linear(x: F32, w: F32 | QTensor | float_gemm.Panels, b: F32 | None = None) -
     """
     half = isinstance(w, np.ndarray) and w.dtype == np.float16
     if not (half or isinstance(w, (QTensor, float_gemm.Panels))):
-        y = x @ w.T
+        if x.ndim > 2 and x.flags.c_contiguous:
+            # one 2-D product: NumPy runs (B, T, K) @ (K, N) as a BLAS call per leading index,
+            # each handed between the threads (Qwen3-ASR's conv stem: 256 calls a batch)
+            y = (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
+        else:
+            y = x @ w.T
     else:
         if len(w.shape) != 2 or x.shape[-1] != w.shape[1]:
             raise ValueError(f"linear: x {x.shape} does not match weight {w.shape} (Dout, Din)")
@@ -331,6 +336,23 @@ def depthwise_conv1d_tc(x: F32, w: F32, b: F32 | None, padding: int = 0) -> F32:
     kernels.depthwise_conv_tc_kernel(
         out, np.ascontiguousarray(x), wt, _flat(b), padding
     )
+    return out
+
+
+def rms_norm(x: F32, g: F32, eps: float = 1e-6) -> F32:
+    """RMSNorm over the last axis with weight g (D,), as `ref.rms_norm` (any leading shape: a
+    (T, heads, Dh) query is normalised per head)."""
+    d = x.shape[-1] if x.ndim else 0
+    if g.shape != (d,) or g.dtype != np.float32:
+        return ref.rms_norm(x, g, eps)
+    if _use_kernel(x):
+        kernel = kernels.rms_norm_kernel
+    elif _use_serial_kernel(x):
+        kernel = kernels.rms_norm_serial_kernel
+    else:
+        return ref.rms_norm(x, g, eps)
+    out = np.empty(x.shape, np.float32)
+    kernel(out.reshape(-1, d), _rows(x), _const(g), eps)
     return out
 
 

@@ -26,6 +26,12 @@ def layer_norm(x: F32, g: F32, b: F32, eps: float = 1e-5) -> F32:
     return (xc / np.sqrt(var + eps)) * g + b
 
 
+def rms_norm(x: F32, g: F32, eps: float = 1e-6) -> F32:
+    """RMSNorm over the last axis: g * x / sqrt(mean(x^2) + eps) (Qwen3 / Llama, float32)."""
+    ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True, dtype=np.float32)
+    return (x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps)))).astype(np.float32) * g
+
+
 def gelu(x: F32) -> F32:
     """Exact (erf) GELU, as torch.nn.functional.gelu(approximate='none')."""
     from scipy.special import erf  # noqa: PLC0415 (here: scipy.special is 14 MB of RSS at import)

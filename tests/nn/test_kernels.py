@@ -8,6 +8,8 @@ Tolerances, measured max errors in brackets (float32 inputs from default_rng(0))
 * layer_norm: atol 1e-5 + rtol 1e-5 on outputs of size ~ |g| [2e-6]: mean and variance are
   summed in another order than NumPy's pairwise sum; an output near 0 (g z ~ -b) has no
   relative accuracy in either implementation.
+* rms_norm: rtol 2e-6 [measured below 5e-7]: the sum of squares in another order than NumPy's
+  pairwise mean, and x * (1 / rms) * g rounded in another order.
 * silu, glu: against the float64 function, 6 * 2^-24 relative [3.9]: the polynomial
   exp(-|v|) (at most 1.64 * 2^-24 relative, measured on a dense grid of [-87, 0]) and four
   roundings (1 + e, the division, e * s, the product with x). Against `ref` (the tanh form,
@@ -157,6 +159,20 @@ def test_layer_norm(shape: tuple[int, ...], n_threads: int) -> None:
     got = _direct(kernels.layer_norm_kernel, x, g, b, 1e-5)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ops.layer_norm(x, g, b, 1e-5), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1024), (3, 16, 128), (7, 33), (600, 1024)],
+                         ids=str)  # fmt: skip
+def test_rms_norm(shape: tuple[int, ...], n_threads: int) -> None:
+    x = _rand(shape, seed=1) + np.float32(2.0)
+    g = _rand(shape[-1:], 1.0, seed=2)
+    want = ref.rms_norm(x, g, 1e-6)
+    for kernel in (kernels.rms_norm_kernel, kernels.rms_norm_serial_kernel):
+        np.testing.assert_allclose(_direct(kernel, x, g, 1e-6), want, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(ops.rms_norm(x, g, 1e-6), want, rtol=2e-6, atol=1e-7)
+    x64 = x.astype(np.float64)  # and the reference against float64 arithmetic
+    exact = x64 / np.sqrt(np.mean(x64 * x64, -1, keepdims=True) + 1e-6) * g
+    np.testing.assert_allclose(want, exact, rtol=2e-6, atol=1e-7)
 
 
 def test_layer_norm_broadcast_falls_back() -> None:

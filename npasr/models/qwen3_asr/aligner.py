@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 
 from npasr.audio.io import load_audio
-from npasr.io.gguf import GGUFFile, read_gguf
-from npasr.io.weights import Weights
+from npasr.io.gguf import GGUFFile
 from npasr.models.qwen3_asr import text as qtext
 from npasr.models.qwen3_asr.config import Qwen3ASRConfig
 from npasr.models.qwen3_asr.model import KVCache, Qwen3ASR
@@ -129,16 +128,9 @@ class Qwen3ForcedAligner:
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile | str | Path) -> Qwen3ForcedAligner:
-        f = gguf if isinstance(gguf, GGUFFile) else read_gguf(gguf)
-        if f.architecture != ARCH:
-            raise ModelFileError(f"{f.path}: architecture is {f.architecture!r}, not {ARCH!r}")
-        cfg = Qwen3ASRConfig.from_gguf(f.metadata)
-        if not cfg.aligner:
-            raise ModelFileError(f"{f.path}: a Qwen3-ASR speech recognizer, not a forced aligner")
-        tok = Qwen2Tokenizer.from_gguf(f.metadata)
-        model = Qwen3ASR.load(Weights(f.tensors, origin=str(f.path)), cfg)
-        f.release_pages()
-        return cls(model, tok, name=str(f.get("general.name", ARCH)))
+        from npasr.models.qwen3_asr.asr import open_gguf  # noqa: PLC0415 (asr imports this)
+
+        return cls(*open_gguf(gguf, aligner=True))
 
     def transcribe(self, audio: Any, **_: Any) -> Any:
         raise ValueError("this is a Qwen3 forced aligner: it times a transcript "

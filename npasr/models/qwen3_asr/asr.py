@@ -71,16 +71,7 @@ class Qwen3ASRModel:
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile | str | Path) -> Qwen3ASRModel:
-        f = gguf if isinstance(gguf, GGUFFile) else read_gguf(gguf)
-        if f.architecture != ARCH:
-            raise ModelFileError(f"{f.path}: architecture is {f.architecture!r}, not {ARCH!r}")
-        cfg = Qwen3ASRConfig.from_gguf(f.metadata)
-        if cfg.aligner:
-            raise ModelFileError(f"{f.path}: a Qwen3 forced aligner, not a speech recognizer")
-        tok = Qwen2Tokenizer.from_gguf(f.metadata)
-        model = Qwen3ASR.load(Weights(f.tensors, origin=str(f.path)), cfg)
-        f.release_pages()
-        return cls(model, tok, name=str(f.get("general.name", ARCH)))
+        return cls(*open_gguf(gguf, aligner=False))
 
     # ------------------------------------------------------------------------------ pieces
 
@@ -285,3 +276,19 @@ def _aligner(aligner: Any) -> Any:
 
 
 _ALIGNERS: dict[str, Any] = {}
+
+
+def open_gguf(gguf: GGUFFile | str | Path, aligner: bool) -> tuple[Qwen3ASR, Qwen2Tokenizer, str]:
+    """The model, its tokenizer and its name from a Qwen3-ASR (aligner=False) or forced aligner
+    (aligner=True) GGUF; the other kind is refused by name."""
+    f = gguf if isinstance(gguf, GGUFFile) else read_gguf(gguf)
+    if f.architecture != ARCH:
+        raise ModelFileError(f"{f.path}: architecture is {f.architecture!r}, not {ARCH!r}")
+    cfg = Qwen3ASRConfig.from_gguf(f.metadata)
+    if cfg.aligner != aligner:
+        kinds = ("a Qwen3-ASR speech recognizer", "a Qwen3 forced aligner")
+        raise ModelFileError(f"{f.path}: {kinds[cfg.aligner]}, not {kinds[aligner]}")
+    tok = Qwen2Tokenizer.from_gguf(f.metadata)
+    model = Qwen3ASR.load(Weights(f.tensors, origin=str(f.path)), cfg)
+    f.release_pages()  # the weights were copied or repacked: their file pages are spent
+    return model, tok, str(f.get("general.name", ARCH))

@@ -62,7 +62,7 @@ class Conv2dS2:
         return cls(Linear(mat, w.f32("bias")))
 
     def __call__(self, x: F32) -> F32:
-        return ops.gelu(self.lin(_im2col_s2(x)))
+        return ops.gelu(self.lin(_im2col_s2(x)))  # 4-D: ops.linear multiplies it as 2-D
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> F32:
@@ -206,9 +206,8 @@ class AudioEncoder:
 
 
 def rms_norm(x: F32, w: F32, eps: float) -> F32:
-    """w * x / sqrt(mean(x^2) + eps) over the last axis, in float32."""
-    ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True, dtype=np.float32)
-    return (x * (1.0 / np.sqrt(ms + np.float32(eps)))).astype(np.float32) * w
+    """w * x / sqrt(mean(x^2) + eps) over the last axis, in float32 (`ops.rms_norm`)."""
+    return ops.rms_norm(x, w, eps)
 
 
 @dataclass
