@@ -94,6 +94,14 @@ def loadavg() -> str:
         return "n/a"
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    import resource  # noqa: PLC0415
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory, MiB: VmHWM of /proc/self/status, which belongs to
     the address space exec gave it. Not ru_maxrss: Linux carries the parent's high-water mark

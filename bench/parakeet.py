@@ -95,13 +95,6 @@ def build_audio(path: Path) -> Path:
 # --- children -------------------------------------------------------------------------------------
 
 
-def _cpu_s() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def _npasr(spec: dict):
     import npasr
 
@@ -228,10 +221,10 @@ def child(spec: dict) -> None:
     res: dict = {"load_s": load_s, "first_s": first_s, "load1": C.loadavg().split()[0]}
     walls, cpus, text = [], [], ""
     for _ in range(spec["repeats"]):
-        c0, t0 = _cpu_s(), time.perf_counter()
+        c0, t0 = C.cpu_seconds(), time.perf_counter()
         text = run(path)
         walls.append(time.perf_counter() - t0)
-        cpus.append(_cpu_s() - c0)
+        cpus.append(C.cpu_seconds() - c0)
     res["load1_end"] = C.loadavg().split()[0]
     if hasattr(run, "split"):  # after the timed runs (npasr): where its time goes
         res["split"] = run.split(path)
