@@ -13,15 +13,13 @@ are repaired to be monotonic as the reference does (`fix_timestamps`).
 from __future__ import annotations
 
 import unicodedata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from npasr.audio.io import load_audio
-from npasr.io.gguf import GGUFFile
 from npasr.models.qwen3_asr import text as qtext
-from npasr.models.qwen3_asr.config import Qwen3ASRConfig
+from npasr.models.qwen3_asr.asr import Thinker
 from npasr.models.qwen3_asr.model import KVCache, Qwen3ASR
 from npasr.models.qwen3_asr.tokenizer import Qwen2Tokenizer
 from npasr.models.qwen3_asr.weights import ARCH
@@ -107,30 +105,18 @@ def fix_timestamps(values: list[float]) -> list[int]:
     return [int(v) for v in out]  # type: ignore[arg-type]
 
 
-class Qwen3ForcedAligner:
+class Qwen3ForcedAligner(Thinker):
+    ALIGNER = True
+
     def __init__(self, model: Qwen3ASR, tokenizer: Qwen2Tokenizer, name: str = ARCH) -> None:
         if not model.config.aligner:
             raise ModelFileError("not a forced aligner: its config has no classify_num")
-        self.model, self.tokenizer, self.name = model, tokenizer, name
+        super().__init__(model, tokenizer, name)
         self.timestamp = tokenizer.token_id("<timestamp>")
         self.audio_pad = tokenizer.token_id("<|audio_pad|>")
         if self.timestamp != model.config.timestamp_token_id:
             raise ModelFileError(f"the tokenizer's <timestamp> is {self.timestamp}, the model's "
                                  f"{model.config.timestamp_token_id}")  # fmt: skip
-
-    @property
-    def config(self) -> Qwen3ASRConfig:
-        return self.model.config
-
-    @property
-    def is_multilingual(self) -> bool:
-        return True
-
-    @classmethod
-    def from_gguf(cls, gguf: GGUFFile | str | Path) -> Qwen3ForcedAligner:
-        from npasr.models.qwen3_asr.asr import open_gguf  # noqa: PLC0415 (asr imports this)
-
-        return cls(*open_gguf(gguf, aligner=True))
 
     def transcribe(self, audio: Any, **_: Any) -> Any:
         raise ValueError("this is a Qwen3 forced aligner: it times a transcript "

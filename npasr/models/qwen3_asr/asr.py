@@ -46,9 +46,31 @@ class Generated:
     prompt_length: int
 
 
-class Qwen3ASRModel:
+class Thinker:
+    """What the speech recognizer and the forced aligner share: the thinker, its tokenizer,
+    and the GGUF they are read from (`ALIGNER` says which kind a class loads)."""
+
+    ALIGNER = False
+
     def __init__(self, model: Qwen3ASR, tokenizer: Qwen2Tokenizer, name: str = ARCH) -> None:
         self.model, self.tokenizer, self.name = model, tokenizer, name
+
+    @property
+    def config(self) -> Qwen3ASRConfig:
+        return self.model.config
+
+    @property
+    def is_multilingual(self) -> bool:
+        return True
+
+    @classmethod
+    def from_gguf(cls, gguf: GGUFFile | str | Path) -> Any:
+        return cls(*open_gguf(gguf, aligner=cls.ALIGNER))
+
+
+class Qwen3ASRModel(Thinker):
+    def __init__(self, model: Qwen3ASR, tokenizer: Qwen2Tokenizer, name: str = ARCH) -> None:
+        super().__init__(model, tokenizer, name)
         tok = tokenizer
         self.im_start = tok.token_id("<|im_start|>")
         self.im_end = tok.token_id("<|im_end|>")
@@ -60,18 +82,6 @@ class Qwen3ASRModel:
         if self.audio_pad != model.config.audio_token_id:
             raise ModelFileError(f"the tokenizer's <|audio_pad|> is {self.audio_pad}, the "
                                  f"model's audio token {model.config.audio_token_id}")  # fmt: skip
-
-    @property
-    def config(self) -> Qwen3ASRConfig:
-        return self.model.config
-
-    @property
-    def is_multilingual(self) -> bool:
-        return True
-
-    @classmethod
-    def from_gguf(cls, gguf: GGUFFile | str | Path) -> Qwen3ASRModel:
-        return cls(*open_gguf(gguf, aligner=False))
 
     # ------------------------------------------------------------------------------ pieces
 
