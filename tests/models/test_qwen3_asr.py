@@ -305,3 +305,33 @@ def test_cli_transcribe_with_language_and_context(tmp_path: Path) -> None:
     doc = json.loads((out / "jfk.json").read_text("utf-8"))
     assert doc["language"] == "en"
     assert len(doc["segments"]) == 1 and len(doc["segments"][0]["tokens"]) == 6
+
+
+def test_load_model_converts_a_checkpoint_directory_on_first_use(tmp_path: Path,
+                                                                 monkeypatch) -> None:  # fmt: skip
+    """load_model(<HF directory>) converts it into npasr's cache once, then loads the cached
+    GGUF; the aligner's directory loads as the aligner."""
+    from npasr.models.qwen3_asr.aligner import Qwen3ForcedAligner
+
+    monkeypatch.setenv("NPASR_CACHE_DIR", str(tmp_path / "cache"))
+    m = npasr.load_model(str(TINY / "qwen3_asr_tiny_hf"))
+    assert isinstance(m, Qwen3ASRModel) and m.config.vocab_size == 2008
+    cached = sorted((tmp_path / "cache").glob("*.gguf"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    npasr.load_model(str(TINY / "qwen3_asr_tiny_hf"))
+    assert cached[0].stat().st_mtime_ns == stamp  # not converted again
+    assert isinstance(npasr.load_model(str(TINY / "qwen3_aligner_tiny_hf")), Qwen3ForcedAligner)
+
+
+def test_progress_moves_within_and_across_chunks(models) -> None:
+    """The progress callback reports seconds of audio: after the encoder and every prefill
+    block of each chunk, and at each chunk's end; never backwards, ending at the total."""
+    qm = models["hf"]
+    g, _ = _golden("jfk")
+    seen: list[tuple[float, float]] = []
+    qm.transcribe(g["audio"], chunk_seconds=4.0, max_new_tokens=3,
+                  progress_callback=lambda done, total: seen.append((done, total)))  # fmt: skip
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and len(done) >= 3 * 3  # 3 chunks x (encoder, prefill, end)
+    assert seen[-1][0] == pytest.approx(11.0, abs=1e-3) and {t for _, t in seen} == {11.0}

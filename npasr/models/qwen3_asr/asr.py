@@ -31,6 +31,7 @@ from npasr.types import F32, ModelFileError, Segment, TranscriptionResult, Word
 
 SAMPLE_RATE = 16000
 CHUNK_SECONDS = 1200.0  # qwen-asr MAX_ASR_INPUT_SECONDS
+ENCODER_SHARE, PREFILL_SHARE = 0.25, 0.6  # of a long chunk's time, for the progress bar
 SEARCH_SECONDS = 5.0  # a cut lies at the quietest point within this of the limit
 MIN_SECONDS = 0.5  # shorter chunks are zero-padded to this
 MAX_NEW_TOKENS = 512  # the reference's transformers backend default (its vLLM backend: 4096)
@@ -115,9 +116,11 @@ class Qwen3ASRModel(Thinker):
         return x
 
     def generate(self, ids: list[int], audio_embeds: F32, max_new_tokens: int,
-                 stop: frozenset[int] | None = None) -> Generated:  # fmt: skip
+                 stop: frozenset[int] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Generated:  # fmt: skip
         """Greedy decoding after the prompt `ids` until a token of `stop` (None: <|im_end|>,
-        <|endoftext|>; an empty set runs to max_new_tokens, as benches do)."""
+        <|endoftext|>; an empty set runs to max_new_tokens, as benches do); progress(done, n)
+        after each block of the prompt's prefill."""
         stop = self.stop_ids if stop is None else stop
         cfg = self.config
         need = len(ids) + max_new_tokens
@@ -127,7 +130,7 @@ class Qwen3ASRModel(Thinker):
                              )  # fmt: skip
         text = self.model.text
         cache = KVCache.empty(cfg, need)
-        h = text.prefill(self.embed_prompt(ids, audio_embeds), cache)
+        h = text.prefill(self.embed_prompt(ids, audio_embeds), cache, progress)
         out: list[int] = []
         for _ in range(max_new_tokens):
             tok = int(np.argmax(text.logits(h)[0]))
@@ -181,9 +184,19 @@ class Qwen3ASRModel(Thinker):
         pieces = qtext.split_audio(x, SAMPLE_RATE, chunk_seconds, search)
         for i, (piece, offset) in enumerate(pieces):
             chunk = qtext.pad_to(piece, int(MIN_SECONDS * SAMPLE_RATE))
+            dur = len(piece) / SAMPLE_RATE
+
+            def stage(frac: float, offset: float = offset, dur: float = dur) -> None:
+                if progress_callback is not None:  # in seconds of audio, as the other models
+                    progress_callback(offset + frac * dur, total)
+
             emb = self.model.audio(self.features(chunk))
+            # the bar moves by the work's share of a long chunk: the audio encoder about a
+            # quarter, the prompt's prefill most of the rest (bench/RESULTS.md, 5 min)
+            stage(ENCODER_SHARE)
             ids = self.prompt_ids(len(emb), context, forced)
-            g = self.generate(ids, emb, max_new_tokens)
+            g = self.generate(ids, emb, max_new_tokens, progress=lambda d, n:
+                              stage(ENCODER_SHARE + PREFILL_SHARE * d / n))  # fmt: skip
             lang, text = self.parse(g.tokens, forced)
             langs.append(lang)
             end = min(total, offset + len(chunk) / SAMPLE_RATE)

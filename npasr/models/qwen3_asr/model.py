@@ -15,6 +15,7 @@ G key/value heads, Dh = head width, V vocabulary.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -359,11 +360,15 @@ class TextDecoder:
         cache.length = p0 + n
         return rms_norm(x, self.norm, eps)
 
-    def prefill(self, x: F32, cache: KVCache) -> F32:
-        """Run a prompt (n, E) in blocks of PREFILL_BLOCK; returns the last position's hidden."""
+    def prefill(self, x: F32, cache: KVCache,
+                progress: Callable[[int, int], None] | None = None) -> F32:  # fmt: skip
+        """Run a prompt (n, E) in blocks of PREFILL_BLOCK; returns the last position's hidden.
+        progress(done, n) after every block."""
         last = x[-1:]
         for t0 in range(0, x.shape[0], PREFILL_BLOCK):
             last = self(x[t0 : t0 + PREFILL_BLOCK], cache)[-1:]
+            if progress is not None:
+                progress(min(t0 + PREFILL_BLOCK, x.shape[0]), x.shape[0])
         return last
 
     def hidden_at(self, x: F32, cache: KVCache, where: np.ndarray) -> F32:
