@@ -259,6 +259,22 @@ def _rows(x: F32) -> F32:
     return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
 
 
+# (swapaxes rather than np.moveaxis / np.split: these run ~20 times per Whisper decoding step,
+# where moveaxis's 2.3 us and split's 4 us per call were a measurable share of a 5 ms step)
+
+
+def split_heads(x: F32, n_head: int) -> F32:
+    """(..., T, D) -> (..., H, T, Dh), a view."""
+    *lead, t, d = x.shape
+    return x.reshape(*lead, t, n_head, d // n_head).swapaxes(-2, -3)
+
+
+def merge_heads(x: F32) -> F32:
+    """(..., H, T, Dh) -> (..., T, D), contiguous."""
+    x = np.ascontiguousarray(x.swapaxes(-3, -2))
+    return x.reshape(*x.shape[:-2], -1)
+
+
 def transpose(x: F32) -> F32:
     """x (..., R, C) -> contiguous (..., C, R), as `np.ascontiguousarray(np.swapaxes(x, -1, -2))`
     (`kernels.transpose_kernel` on float32 input of at least KERNEL_MIN_SIZE elements)."""

@@ -153,11 +153,13 @@ def conv2d(x: F32, w: F32, b: F32 | None, stride: int = 1, padding: int = 0) -> 
     return np.ascontiguousarray(y.T.reshape(c_out, h_out, w_out))
 
 
-def rope_tables(n_pos: int, dim: int, base: float) -> tuple[F32, F32]:
-    """cos, sin (n_pos, dim) for rotate-half RoPE: angle[t, i] = t / base**(2i/dim), halves
-    repeated ([f, f]). Computed in float32 like the torch references, so tables match exactly."""
+def rope_tables(n_pos: int, dim: int, base: float, start: int = 0) -> tuple[F32, F32]:
+    """cos, sin (n_pos, dim) for rotate-half RoPE at positions start .. start + n_pos - 1:
+    angle[t, i] = t / base**(2i/dim), halves repeated ([f, f]). Computed in float32 like the
+    torch references, so tables match exactly."""
     inv_freq = 1.0 / (np.float32(base) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    ang = np.arange(n_pos, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]
+    pos = np.arange(start, start + n_pos, dtype=np.float32)
+    ang = pos[:, None] * inv_freq.astype(np.float32)[None, :]
     ang = np.concatenate([ang, ang], axis=1)  # (n_pos, dim)
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 

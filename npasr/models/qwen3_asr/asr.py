@@ -44,7 +44,6 @@ UNTIMED = ("Japanese", "Korean")  # the aligner needs word segmenters for these 
 class Generated:
     tokens: list[int]  # every id emitted after the prompt (and prefill), the stop token excluded
     stopped: bool  # ended on an end-of-turn token (False: max_new_tokens reached)
-    prompt_length: int
 
 
 class Thinker:
@@ -135,12 +134,12 @@ class Qwen3ASRModel(Thinker):
         for _ in range(max_new_tokens):
             tok = int(np.argmax(text.logits(h)[0]))
             if tok in stop:
-                return Generated(out, True, len(ids))
+                return Generated(out, True)
             out.append(tok)
             if len(out) == max_new_tokens:
                 break
             h = text(text.embed_ids(np.array([tok])), cache)
-        return Generated(out, False, len(ids))
+        return Generated(out, False)
 
     # ------------------------------------------------------------------------------ API
 

@@ -14,7 +14,6 @@ G key/value heads, Dh = head width, V vocabulary.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from npasr.io.weights import Weights
 from npasr.models.qwen3_asr.config import Qwen3ASRConfig
-from npasr.nn import ops
+from npasr.nn import ops, ref
 from npasr.nn.layers import LayerNorm, Linear, linears
 from npasr.nn.quant import QTensor
 from npasr.types import F32
@@ -66,24 +65,6 @@ class Conv2dS2:
         return ops.gelu(self.lin(_im2col_s2(x)))  # 4-D: ops.linear multiplies it as 2-D
 
 
-def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> F32:
-    """Whisper's position table (length, channels): sin | cos, float32 as torch builds it."""
-    inc = np.float32(math.log(max_timescale) / (channels // 2 - 1))
-    inv = np.exp(-inc * np.arange(channels // 2, dtype=np.float32)).astype(np.float32)
-    t = np.arange(length, dtype=np.float32)[:, None] * inv[None, :]
-    return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
-
-
-def _split_heads(x: F32, n_head: int) -> F32:  # (..., T, D) -> (..., H, T, Dh)
-    *lead, t, d = x.shape
-    return x.reshape(*lead, t, n_head, d // n_head).swapaxes(-2, -3)
-
-
-def _merge_heads(x: F32) -> F32:  # (..., H, T, Dh) -> (..., T, D)
-    x = np.ascontiguousarray(x.swapaxes(-3, -2))
-    return x.reshape(*x.shape[:-2], -1)
-
-
 @dataclass
 class EncoderLayer:
     """Pre-LN Whisper block; every projection has a bias (the key's too, unlike Whisper)."""
@@ -118,9 +99,9 @@ class EncoderLayer:
         for t0, t1, w in ((0, full, window), (full, n, n - full)):
             if t1 == t0:
                 continue
-            q, k, v = (_split_heads(y[t0:t1, i * d : (i + 1) * d].reshape(-1, w, d), self.n_head)
+            q, k, v = (ops.split_heads(y[t0:t1, i * d : (i + 1) * d].reshape(-1, w, d), self.n_head)
                        for i in range(3))  # fmt: skip  # (windows, H, w, Dh)
-            att[t0:t1] = _merge_heads(ops.attention(q, k, v)).reshape(t1 - t0, d)
+            att[t0:t1] = ops.merge_heads(ops.attention(q, k, v)).reshape(t1 - t0, d)
         x = x + self.out(att)
         return x + self.fc2(ops.gelu(self.fc1(self.ffn_ln(x))))
 
@@ -144,7 +125,7 @@ class AudioEncoder:
         enc = cls(
             [Conv2dS2.load(w.sub(f"conv2d{i}")) for i in (1, 2, 3)],
             Linear.load(w.sub("conv_out"), bias=False),
-            sinusoids(cfg.tokens_per_chunk, cfg.d_model),
+            ref.sinusoids(cfg.tokens_per_chunk, cfg.d_model),
             [EncoderLayer.load(w.sub("layers").sub(i), cfg.encoder_attention_heads)
              for i in range(cfg.encoder_layers)],  # fmt: skip
             LayerNorm.load(w.sub("ln_post")),
@@ -206,37 +187,6 @@ class AudioEncoder:
 # --- Qwen3 decoder -----------------------------------------------------------------------------
 
 
-def rms_norm(x: F32, w: F32, eps: float) -> F32:
-    """w * x / sqrt(mean(x^2) + eps) over the last axis, in float32 (`ops.rms_norm`)."""
-    return ops.rms_norm(x, w, eps)
-
-
-@dataclass
-class Rope:
-    """NeoX rotary embedding (rotate_half): angles pos * inv_freq in float32, as torch forms
-    them (cos/sin of float32 angles; at position 15000 the float32 angle itself is off by up to
-    1e-3 rad, the reference's rounding, kept)."""
-
-    inv_freq: F32  # (Dh / 2,)
-
-    @classmethod
-    def make(cls, head_dim: int, theta: float) -> Rope:
-        inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-        return cls(inv.astype(np.float32))
-
-    def tables(self, p0: int, n: int) -> tuple[F32, F32]:
-        ang = np.arange(p0, p0 + n, dtype=np.float32)[:, None] * self.inv_freq[None, :]
-        c, s = np.cos(ang), np.sin(ang)
-        return np.concatenate([c, c], 1), np.concatenate([s, s], 1)  # (n, Dh)
-
-    @staticmethod
-    def apply(x: F32, cos: F32, sin: F32) -> F32:
-        """x (n, heads, Dh) rotated by the (n, Dh) tables."""
-        half = x.shape[-1] // 2
-        rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-        return x * cos[:, None, :] + rot * sin[:, None, :]
-
-
 @dataclass
 class KVCache:
     """Keys and values of every position so far, per layer (G, Dh, capacity): transposed, the
@@ -295,19 +245,16 @@ class TextDecoder:
     layers: list[DecoderLayer]
     norm: F32
     head: Linear  # the embedding itself (tied) or lm_head
-    rope: Rope
     config: Qwen3ASRConfig
 
     @classmethod
     def load(cls, w: Weights, cfg: Qwen3ASRConfig) -> TextDecoder:
         llm = w.sub("llm")
-        head = Linear.load(w.sub("lm_head"), bias=False, half=True) if w.has("lm_head.weight") \
-            else Linear.load(llm.sub("embed_tokens"), bias=False, half=True, panels=False)
-        emb = head.weight if not w.has("lm_head.weight") else \
-            Linear.load(llm.sub("embed_tokens"), bias=False, half=True, panels=False).weight
+        embed = Linear.load(llm.sub("embed_tokens"), bias=False, half=True, panels=False)
+        head = Linear.load(w.sub("lm_head"), bias=False, half=True) \
+            if w.has("lm_head.weight") else embed  # tied: one matrix for both  # fmt: skip
         layers = [DecoderLayer.load(llm.sub("layers").sub(i)) for i in range(cfg.num_hidden_layers)]
-        dec = cls(emb, layers, llm.f32("norm.weight"), head,
-                  Rope.make(cfg.head_dim, cfg.rope_theta), cfg)  # fmt: skip
+        dec = cls(embed.weight, layers, llm.f32("norm.weight"), head, cfg)
         for lin in (*(x for lyr in layers for x in (lyr.qkv, lyr.o, lyr.gate_up, lyr.down)), head):
             lin.prepare_gemv()
         return dec
@@ -327,7 +274,8 @@ class TextDecoder:
             raise ValueError(f"KV cache holds {cache.capacity} positions, {p0 + n} needed")
         h_q, g, dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         rep = h_q // g
-        cos, sin = self.rope.tables(p0, n)
+        cos, sin = ref.rope_tables(n, dh, cfg.rope_theta, start=p0)
+        cos, sin = cos[:, None], sin[:, None]  # over the heads
         mask = None
         if n > 1:  # causal within the block; every earlier position is visible
             tri = np.triu(np.full((n, n), -np.inf, np.float32), 1)
@@ -335,11 +283,11 @@ class TextDecoder:
             mask = np.tile(mask, (rep, 1))  # rows (rep, n) per key/value head
         eps = cfg.rms_norm_eps
         for li, lyr in enumerate(self.layers):
-            y = lyr.qkv(rms_norm(x, lyr.input_norm, eps))
-            q = rms_norm(y[:, : h_q * dh].reshape(n, h_q, dh), lyr.q_norm, eps)
-            k = rms_norm(y[:, h_q * dh : (h_q + g) * dh].reshape(n, g, dh), lyr.k_norm, eps)
+            y = lyr.qkv(ops.rms_norm(x, lyr.input_norm, eps))
+            q = ops.rms_norm(y[:, : h_q * dh].reshape(n, h_q, dh), lyr.q_norm, eps)
+            k = ops.rms_norm(y[:, h_q * dh : (h_q + g) * dh].reshape(n, g, dh), lyr.k_norm, eps)
             v = y[:, (h_q + g) * dh :].reshape(n, g, dh)
-            q, k = Rope.apply(q, cos, sin), Rope.apply(k, cos, sin)
+            q, k = ref.rope(q, cos, sin), ref.rope(k, cos, sin)
             kc, vc = cache.k[li], cache.v[li]
             kc[:, :, p0 : p0 + n] = k.transpose(1, 2, 0)
             vc[:, :, p0 : p0 + n] = v.transpose(1, 2, 0)
@@ -354,11 +302,11 @@ class TextDecoder:
                 att = ops.attention(qg, kk, vv, mask)
             att = att.reshape(g, rep, n, dh).transpose(2, 0, 1, 3).reshape(n, h_q * dh)
             x = x + lyr.o(np.ascontiguousarray(att))
-            gu = lyr.gate_up(rms_norm(x, lyr.post_norm, eps))
+            gu = lyr.gate_up(ops.rms_norm(x, lyr.post_norm, eps))
             half = gu.shape[-1] // 2
             x = x + lyr.down(ops.silu(gu[:, :half]) * gu[:, half:])
         cache.length = p0 + n
-        return rms_norm(x, self.norm, eps)
+        return ops.rms_norm(x, self.norm, eps)
 
     def prefill(self, x: F32, cache: KVCache,
                 progress: Callable[[int, int], None] | None = None) -> F32:  # fmt: skip

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +76,14 @@ def load_source(path: str | os.PathLike[str], tokenizer: str | os.PathLike[str] 
     if emb is not None and emb.shape[0] != config.vocab_size:
         raise ModelFileError(f"{d}: embed_tokens has {emb.shape[0]} rows, config vocab_size "
                              f"{config.vocab_size}")  # fmt: skip
-    config = _check_tokenizer(config, tok, d)
+    _check_tokenizer(config, tok, d)
     check_names_and_shapes(tensors, expected_shapes(config, "lm_head.weight" in tensors),
                            source=source)  # fmt: skip
     tensors = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
     return Qwen3ASRSource(config, tensors, tok, source)
 
 
-def _check_tokenizer(cfg: Qwen3ASRConfig, tok: Any, d: Path) -> Qwen3ASRConfig:
+def _check_tokenizer(cfg: Qwen3ASRConfig, tok: Any, d: Path) -> None:
     """The model's special ids must name the tokenizer's special tokens (a tokenizer of another
     model would otherwise feed the audio to the wrong rows without any error)."""
     n = len(tok.tokens)
@@ -102,7 +102,6 @@ def _check_tokenizer(cfg: Qwen3ASRConfig, tok: Any, d: Path) -> Qwen3ASRConfig:
         if getattr(cfg, key) != tid:
             raise ModelFileError(f"{d}: config {key} {getattr(cfg, key)} but the tokenizer's "
                                  f"{name} is {tid}: tokenizer and model do not match")  # fmt: skip
-    return replace(cfg)
 
 
 def expected_shapes(cfg: Qwen3ASRConfig, lm_head: bool) -> dict[str, tuple[int, ...]]:
@@ -163,10 +162,3 @@ def save_gguf(src: Qwen3ASRSource, out: str | os.PathLike[str], wtype: str = "f1
     return write_model_gguf(out, ARCH, wtype, src.tensors, keep_float=_KEEP_FLOAT,
                             keep_f32=None, q8_0=_Q8_0, config=meta, source=src.source,
                             tokens=tokens, tokenizer=src.tokenizer.model_name)  # fmt: skip
-
-
-def read_config_dir(d: Path) -> dict[str, Any] | None:
-    try:
-        return read_json(d / "config.json")
-    except ModelFileError:
-        return None

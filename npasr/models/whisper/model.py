@@ -23,19 +23,6 @@ from npasr.nn.layers import Conv1d, LayerNorm, Linear, linears
 from npasr.nn.quant import Packed, QTensor
 from npasr.types import F16, F32, ModelFileError
 
-# (swapaxes rather than np.moveaxis / np.split below: these run ~20 times per decoding step,
-# where moveaxis's 2.3 us and split's 4 us per call were a measurable share of a 5 ms step)
-
-
-def _split_heads(x: F32, n_head: int) -> F32:  # (..., T, D) -> (..., H, T, Dh)
-    *lead, t, d = x.shape
-    return x.reshape(*lead, t, n_head, d // n_head).swapaxes(-2, -3)
-
-
-def _merge_heads(x: F32) -> F32:  # (..., H, T, Dh) -> (..., T, D)
-    x = x.swapaxes(-3, -2)
-    return np.ascontiguousarray(x).reshape(*x.shape[:-2], -1)
-
 
 @dataclass
 class MultiHeadAttention:
@@ -59,12 +46,12 @@ class MultiHeadAttention:
     def kv(self, x: F32, half: bool = False) -> ops.KeysValues:
         """Keys and values of x (T, D) split into heads, packed once (`ops.pack_keys`, float16
         if `half`) for every decoding step that attends over them."""
-        k, v = (_split_heads(lin(x), self.n_head) for lin in (self.key, self.value))
+        k, v = (ops.split_heads(lin(x), self.n_head) for lin in (self.key, self.value))
         return ops.pack_keys(k, v, half)
 
     def __call__(self, x: F32, kv: ops.KeysValues) -> F32:
-        q = _split_heads(self.query(x), self.n_head)  # (..., H, Tq, Dh)
-        return self.out(_merge_heads(ops.attention_keys(q, kv)))
+        q = ops.split_heads(self.query(x), self.n_head)  # (..., H, Tq, Dh)
+        return self.out(ops.merge_heads(ops.attention_keys(q, kv)))
 
 
 @dataclass
@@ -88,12 +75,12 @@ class SelfAttention:
         """x (..., T, D) -> q, k, v, each (..., H, T, Dh)."""
         y = self.qkv(x)
         d = y.shape[-1] // 3
-        q, k, v = (_split_heads(y[..., i * d : (i + 1) * d], self.n_head) for i in range(3))
+        q, k, v = (ops.split_heads(y[..., i * d : (i + 1) * d], self.n_head) for i in range(3))
         return q, k, v
 
     def attend(self, q: F32, k: F32, v: F32) -> F32:
         """Unmasked attention of q over k, v (the encoder's), through the output projection."""
-        return self.out(_merge_heads(ops.attention(q, k, v)))
+        return self.out(ops.merge_heads(ops.attention(q, k, v)))
 
 
 @dataclass
@@ -357,7 +344,7 @@ class TextDecoder:
             mask = np.triu(np.full((n_new, end), -np.inf, np.float32), k=start + 1)
         for i, blk in enumerate(self.blocks):
             q, k, v = blk.attn.project(blk.attn_ln(x))
-            x = x + blk.attn.out(_merge_heads(cache.attend(i, q, k, v, mask)))
+            x = x + blk.attn.out(ops.merge_heads(cache.attend(i, q, k, v, mask)))
             x = x + blk.cross_attn(blk.cross_attn_ln(x), cross.layers[i])  # type: ignore[misc]
             x = x + blk.mlp(blk.mlp_ln(x))
         cache.length = end
